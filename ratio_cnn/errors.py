@@ -1,0 +1,6 @@
+class RatioCnnError(Exception):
+    """A problem the user can fix: bad input, missing data, unreachable storage.
+
+    The message names the file, row, object or value and says what to do; the CLI
+    prints it as one line and exits non-zero.
+    """
