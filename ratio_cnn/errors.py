@@ -4,3 +4,7 @@ class RatioCnnError(Exception):
     The message names the file, row, object or value and says what to do; the CLI
     prints it as one line and exits non-zero.
     """
+
+
+class StorageUnavailable(RatioCnnError):
+    """Object storage could not be reached or answered with a server error: worth a retry."""

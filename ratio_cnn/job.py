@@ -22,24 +22,49 @@ from ratio_cnn.config import TrainConfig, ratio_name
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.evaluate import evaluate
 from ratio_cnn.model import SimpleCNN
-from ratio_cnn.storage import open_storage
+from ratio_cnn.storage import Storage, open_storage
 from ratio_cnn.train import pick_device, seed_everything, train_one_epoch
 
 log = logging.getLogger(__name__)
 
+ERROR = "error.json"  # written instead of metrics.json when a job fails
 OUTPUTS = ("history.csv", "predictions.csv", "confusion_matrix.png", "curves.png", "model.pt")
 
 
 def run_job(cfg: TrainConfig) -> dict:
-    started = time.perf_counter()
-    title = f"1:{ratio_name(cfg.ratio)} ratio"
-    source, out = open_storage(cfg.data), open_storage(cfg.out)
+    """Run the job; on failure leave error.json (the reason) where metrics.json would be."""
+    out = open_storage(cfg.out)
     done_key = f"{cfg.job_prefix}/metrics.json"
     if out.exists(done_key):
         raise RatioCnnError(f"{out.describe(done_key)} already exists: that job is complete; pick another --run-id")
+    out.delete(f"{cfg.job_prefix}/{ERROR}")  # from an earlier failed attempt at this job
+    try:
+        return train_and_evaluate(cfg, out)
+    except Exception as e:
+        record_failure(out, cfg, e)
+        raise
+
+
+def record_failure(out: Storage, cfg: TrainConfig, error: BaseException) -> None:
+    reason = {"ratio": cfg.ratio, "run_id": cfg.run_id, "error": str(error) or type(error).__name__,
+              "type": type(error).__name__}
+    try:
+        out.put(f"{cfg.job_prefix}/{ERROR}", json.dumps(reason, indent=2).encode())
+    except RatioCnnError as e:  # storage itself is down: the caller still sees the first error
+        log.warning("could not record the failure in %s: %s", out.describe(cfg.job_prefix), e)
+
+
+def train_and_evaluate(cfg: TrainConfig, out: Storage) -> dict:
+    started = time.perf_counter()
+    title = f"1:{ratio_name(cfg.ratio)} ratio"
+    source = open_storage(cfg.data)
+    done_key = f"{cfg.job_prefix}/metrics.json"
 
     # -------------------------------------------------------------------------
     # data: manifest, split, sample, then fetch and decode every image once
+    if not source.exists(data.MANIFEST):
+        raise RatioCnnError(f"no dataset at {source.uri} ({data.MANIFEST} is missing): make one with "
+                            f"`ratio-cnn data synth --out {source.uri}` or `ratio-cnn data ingest SRC --out {source.uri}`")
     raw_manifest = source.get(data.MANIFEST)
     manifest = data.read_manifest(raw_manifest, source.describe(data.MANIFEST))
     sets = data.split_and_sample(manifest, cfg, source.uri)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ratio_cnn.errors import RatioCnnError
+from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class Storage:
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove one object; nothing happens if it is not there."""
         raise NotImplementedError
 
     def get_many(self, keys: list[str], workers: int = 16) -> dict[str, bytes]:
@@ -88,6 +92,9 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
 
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
 
 class S3Storage(Storage):
     def __init__(self, bucket: str, prefix: str, workers: int = 32) -> None:
@@ -122,7 +129,7 @@ class S3Storage(Storage):
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
             ) from None
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError) as e:
-            raise RatioCnnError(
+            raise StorageUnavailable(
                 f"cannot reach the S3 endpoint {endpoint} to {action} {where} ({type(e).__name__}): "
                 "check AWS_ENDPOINT_URL and that the server is up"
             ) from None
@@ -137,7 +144,9 @@ class S3Storage(Storage):
                     f"S3 at {endpoint} refused to {action} {where} ({code}): check the credentials "
                     "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket's permissions"
                 ) from None
-            raise RatioCnnError(f"S3 error {code} trying to {action} {where}: {e}") from None
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            error = StorageUnavailable if status >= 500 or code in ("SlowDown", "Throttling") else RatioCnnError
+            raise error(f"S3 error {code} trying to {action} {where}: {e}") from None
 
     def list(self, prefix: str = "") -> list[str]:
         keys = []
@@ -167,6 +176,11 @@ class S3Storage(Storage):
                 if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                     return False
                 raise
+
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
 def open_storage(uri: str) -> Storage:

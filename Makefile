@@ -1,0 +1,35 @@
+# `make study` runs the whole study on the embedded defaults; `make test` runs every test.
+# Both create the virtual environment first if it is missing.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# torch from the machine's wheel cache on developer machines and CI; the Docker image keeps its own.
+TORCH := torch==2.14.1 torchvision==0.29.1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
+
+.PHONY: install study test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "installing into $(VENV) (torch is large: a few minutes the first time)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(BIN)/python -m pip install -q -e '.[flows,test]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	touch $@
+
+study: install
+	$(BIN)/python -m flows.study
+
+test: install
+	$(BIN)/python -m pytest -ra
+
+lint: install
+	$(BIN)/hadolint --no-color Dockerfile
+
+clean:
+	rm -rf $(VENV) .pytest_cache

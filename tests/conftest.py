@@ -1,0 +1,75 @@
+"""Shared fixtures: a small synthetic dataset, a moto S3 server over real HTTP, the CLI."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from ratio_cnn.synth import make_synthetic_dataset
+
+# Small enough for a few CPU batches, large enough for every split to hold both labels.
+SMALL = dict(malignant=24, benign=80)
+SMALL_SPLITS = ["--train-malignant", "12", "--val-malignant", "6", "--val-benign", "20",
+                "--test-malignant", "6", "--test-benign", "20"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start in {timeout}s")
+
+
+def start_moto(env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    wait_for_port(port, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's S3 server on a free loopback port: boto3 reaches it over HTTP like MinIO or AWS."""
+    proc, endpoint = start_moto()
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """Environment for boto3 pointed at moto, and a client to make buckets with."""
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return boto3.client("s3", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "small"
+    make_synthetic_dataset(str(path), **SMALL, seed=1)
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real `ratio-cnn` command, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "ratio_cnn.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
