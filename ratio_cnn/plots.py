@@ -45,3 +45,20 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def metrics_by_ratio(summary: pd.DataFrame, ratios: list[float], path: Path) -> None:
+    """Each test and val metric against the benign:malignant ratio, one panel per metric."""
+    metrics = ["accuracy", "precision", "recall", "f1", "roc_auc", "average_precision"]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), sharex=True)
+    for ax, metric in zip(axes.flat, metrics):
+        for split in ("val", "test"):
+            ax.plot(ratios, summary[f"{split}_{metric}"].astype(float), marker="o", label=split)
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xticks(ratios, [f"1:{r:g}" for r in ratios])
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.suptitle("Metrics by malignant:benign training ratio")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,6 +1,7 @@
 """Training: device, seeding, normalisation on the device, one epoch of Adam steps."""
 import logging
 import sys
+import threading
 
 import torch
 from torch import nn
@@ -38,8 +39,11 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def show_progress() -> bool:
-    """A progress bar where a person watches a terminal; plain log lines otherwise."""
-    return sys.stderr.isatty()
+    """A progress bar where a person watches a terminal; plain log lines otherwise.
+
+    Jobs running side by side in threads (the in-process study) would garble one another's bars.
+    """
+    return sys.stderr.isatty() and threading.current_thread() is threading.main_thread()
 
 
 def train_one_epoch(

@@ -1,0 +1,154 @@
+"""Prefect flows: `train-ratio` runs one job, `ratio-study` fans ratios out and reports.
+
+`ratio-study` launches one `train-ratio` per ratio, concurrently, in one of two ways:
+- in-process (the embedded default): subflows in this process, on Prefect's ephemeral
+  API when no server is configured; no worker, no Docker;
+- deployments: `run_deployment` of `train-ratio/gpu` per ratio, so each ratio runs in
+  its own container on a GPU work pool.
+One failed ratio stops neither the others nor the report; the run then ends Failed.
+
+    python -m flows.study        # the whole study on the embedded defaults (make study)
+"""
+import dataclasses
+import json
+from datetime import datetime, timezone
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import create_model
+
+from ratio_cnn import report
+from ratio_cnn.config import TrainConfig, new_run_id, ratio_name
+from ratio_cnn.errors import StorageUnavailable
+from ratio_cnn.job import run_job
+from ratio_cnn.storage import join, open_storage
+
+# `make study` on a 2-core CPU: 4 ratios x 4 epochs is about 6 minutes (README).
+STUDY_EPOCHS = 4
+PER_JOB = ("ratio", "data", "out", "run_id")  # set by the study for each job
+# The training options a study passes to every job, with TrainConfig's own defaults: one
+# place holds them, and Prefect shows them as a form.
+TrainingOptions = create_model(
+    "TrainingOptions",
+    **{f.name: (f.type, f.default) for f in dataclasses.fields(TrainConfig) if f.name not in PER_JOB},
+)
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry storage outages only: bad data or a bug fails the same way every time."""
+    try:
+        state.result()
+    except StorageUnavailable:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
+def train_job(cfg: TrainConfig) -> dict:
+    metrics = run_job(cfg)
+    return {"ratio": cfg.ratio, "test": {k: metrics["test"][k] for k in ("f1", "roc_auc")}}
+
+
+@flow(name="train-ratio")
+def train_ratio(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions = TrainingOptions()) -> dict:
+    """One ratio: the same job as `ratio-cnn train`."""
+    return train_job(TrainConfig(ratio=ratio, data=data, out=out, run_id=run_id, **options.model_dump()))
+
+
+@task(cache_policy=NO_CACHE)
+def launch_ratio(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions,
+                 launch: str, train_deployment: str) -> None:
+    parameters = {"ratio": ratio, "data": data, "out": out, "run_id": run_id, "options": options.model_dump()}
+    if launch == "in-process":
+        train_ratio(**parameters | {"options": options})
+        return
+    flow_run = run_deployment(name=train_deployment, parameters=parameters, timeout=None)
+    if not flow_run.state.is_completed():
+        raise RuntimeError(f"{train_deployment} run {flow_run.name} ended {flow_run.state.name}: {flow_run.state.message}")
+
+
+@task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def record_run(run_uri: str, run_id: str, ratios: list[float], data: str, options: TrainingOptions, launch: str) -> None:
+    meta = {"run_id": run_id, "ratios": ratios, "data": data, "options": options.model_dump(), "launch": launch,
+            "started": datetime.now(timezone.utc).isoformat()}
+    open_storage(run_uri).put(report.RUN_FILE, json.dumps(meta, indent=2).encode())
+
+
+@task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def build_report(out: str, run_id: str) -> str:
+    """report.md from what the jobs wrote, published as artifacts; `latest` moves when all finished."""
+    run_uri = join(out, run_id)
+    report_uri = report.write_report(run_uri)
+    meta, results = report.collect(open_storage(run_uri))
+    markdown = report.render_markdown(run_id, meta, results)
+    create_markdown_artifact(key="ratio-study-report", markdown=markdown, description=f"run {run_id}: {report_uri}")
+    create_table_artifact(key="ratio-study-summary", table=report.summary_rows(results),
+                          description=f"run {run_id}")
+    if all(r.metrics for r in results):
+        latest = {"run_id": run_id, "report": report_uri, "finished": datetime.now(timezone.utc).isoformat()}
+        open_storage(out).put("latest.json", json.dumps(latest, indent=2).encode())
+    return report_uri
+
+
+@flow(name="ratio-study", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def ratio_study(
+    ratios: list[float] = [1, 2, 3, 5],
+    data: str = "data/synthetic",
+    out: str = "results",
+    run_id: str | None = None,
+    options: TrainingOptions = TrainingOptions(),
+    launch: Literal["in-process", "deployments"] = "in-process",
+    train_deployment: str = "train-ratio/gpu",
+):
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    record_run(join(out, run_id), run_id, ratios, data, options, launch)
+    logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in ratios),
+                launch, join(out, run_id))
+    launches = {r: launch_ratio.submit(r, data, out, run_id, options, launch, train_deployment) for r in ratios}
+    failed = {}
+    for ratio, future in launches.items():
+        future.wait()
+        if not future.state.is_completed():
+            failed[ratio] = future.state.message
+            logger.error("ratio 1:%s failed: %s", ratio_name(ratio), future.state.message)
+    report_uri = build_report(out, run_id)
+    logger.info("report: %s", report_uri)
+    if failed:
+        names = ", ".join(f"1:{ratio_name(r)}" for r in failed)
+        return Failed(message=f"ratios {names} failed; the report {report_uri} shows why")
+    return report_uri
+
+
+def main() -> None:
+    """`make study`: the synthetic dataset if missing, then the four ratios in-process."""
+    import argparse
+    import logging
+
+    from ratio_cnn.data import MANIFEST
+    from ratio_cnn.synth import make_synthetic_dataset
+
+    parser = argparse.ArgumentParser(description="Run the ratio study in-process on the embedded defaults.")
+    parser.add_argument("--data", default="data/synthetic")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--epochs", type=int, default=STUDY_EPOCHS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not open_storage(args.data).exists(MANIFEST):
+        print(f"making the synthetic dataset in {args.data} (about 30 s)", flush=True)
+        make_synthetic_dataset(args.data)
+    state = ratio_study(data=args.data, out=args.out, options=TrainingOptions(epochs=args.epochs), return_state=True)
+    run_id = json.loads(open_storage(args.out).get("latest.json"))["run_id"] if state.is_completed() else None
+    print(f"\nreport: {state.result(raise_on_failure=False) if run_id else state.message}")
+    raise SystemExit(0 if state.is_completed() else 1)
+
+
+if __name__ == "__main__":
+    main()
