@@ -94,7 +94,7 @@ def train_and_evaluate(cfg: TrainConfig, out: Storage) -> dict:
                                 description=f"{title} epoch {epoch}/{cfg.epochs}")
         val = evaluate(model, *on_device["val"], cfg.batch_size, cfg.threshold)
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
                         "seconds": time.perf_counter() - epoch_started})
         log.info("%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", title, epoch, cfg.epochs,
                  train["loss"], train["accuracy"], val["loss"], val["accuracy"])
