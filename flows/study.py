@@ -28,8 +28,8 @@ from ratio_cnn.errors import StorageUnavailable
 from ratio_cnn.job import run_job
 from ratio_cnn.storage import join, open_storage
 
-# `make study` on a 2-core CPU: 4 ratios x 4 epochs is about 6 minutes (README).
-STUDY_EPOCHS = 4
+# `make study` on a 2-core CPU: 4 ratios x 3 epochs fit in its 10-minute budget (README).
+STUDY_EPOCHS = 3
 PER_JOB = ("ratio", "data", "out", "run_id")  # set by the study for each job
 # The training options a study passes to every job, with TrainConfig's own defaults: one
 # place holds them, and Prefect shows them as a form.
