@@ -49,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "train":
-        from ratio_cnn.job import run_job
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        from ratio_cnn.job import run_job  # torch and friends take seconds: check the options first
 
-        options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-        run_job(TrainConfig(**options))
+        run_job(cfg)
     elif args.command == "data" and args.data_command == "synth":
         from ratio_cnn.synth import make_synthetic_dataset
 

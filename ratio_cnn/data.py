@@ -37,6 +37,11 @@ def read_manifest(raw: bytes, where: str) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RatioCnnError(f"cannot read {where} as CSV ({first}): it needs a header line image,label[,split]") from None
+    if not isinstance(df.index, pd.RangeIndex):  # pandas took the extra first field as an index, shifting the rest
+        raise RatioCnnError(
+            f"{where} line 2 has more fields than its header {','.join(df.columns)}: quote names that hold "
+            "commas, or fix the header (a manifest needs image,label[,split])"
+        )
     missing = {"image", "label"} - set(df.columns)
     if missing:
         raise RatioCnnError(

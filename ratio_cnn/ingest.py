@@ -96,6 +96,8 @@ def convert(path: Path) -> bytes | None:
 
 
 def ingest(src: str, out: str, csv: str | None = None, max_skipped: float = 0.01, workers: int = 8) -> dict:
+    if not 0 <= max_skipped < 1:  # at 1 every image could be skipped, leaving an empty dataset
+        raise RatioCnnError(f"--max-skipped is a share between 0 and 1, got {max_skipped}")
     source = Path(src)
     if not source.is_dir():
         raise RatioCnnError(f"{src} is not a folder: give the folder that holds the images")

@@ -7,15 +7,14 @@ to a local folder first, then uploaded with metrics.json last: its presence unde
 import json
 import logging
 import platform
+from importlib.metadata import version
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sklearn
 import torch
-import torchvision
 
 from ratio_cnn import data, plots
 from ratio_cnn.config import TrainConfig, ratio_name
@@ -146,10 +145,10 @@ def environment(device: torch.device) -> dict:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),
         "numpy": np.__version__,
         "pandas": pd.__version__,
-        "scikit_learn": sklearn.__version__,
+        "scikit_learn": version("scikit-learn"),
         "cuda": torch.version.cuda,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "host": platform.node(),

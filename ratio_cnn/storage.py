@@ -136,7 +136,7 @@ class S3Storage(Storage):
         except bx.ClientError as e:
             code = e.response.get("Error", {}).get("Code", "?")
             if code in ("NoSuchBucket",):
-                raise RatioCnnError(f"bucket {self.bucket!r} does not exist at {endpoint}: create it or fix the URI") from None
+                raise self._no_bucket() from None
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise RatioCnnError(f"{where} does not exist") from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"):
@@ -173,10 +173,22 @@ class S3Storage(Storage):
                 self.client.head_object(Bucket=self.bucket, Key=self._key(key))
                 return True
             except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise
+                if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+            # HEAD answers a bare 404 for a missing bucket as for a missing key: tell them apart,
+            # or "no manifest.csv" would send the user to write into a bucket that is not there.
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                    raise self._no_bucket() from None
+                # 403 and the like: no right to look at the bucket itself; the key is still absent
+        return False
 
+    def _no_bucket(self) -> RatioCnnError:
+        return RatioCnnError(
+            f"bucket {self.bucket!r} does not exist at {self.client.meta.endpoint_url}: create it or fix the URI"
+        )
 
     def delete(self, key: str) -> None:
         with self._errors("delete", key):
