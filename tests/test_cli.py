@@ -11,7 +11,7 @@ from PIL import Image
 from ratio_cnn.job import OUTPUTS
 from ratio_cnn.model import SimpleCNN
 from ratio_cnn.storage import open_storage
-from tests.conftest import SMALL_SPLITS, run_cli
+from conftest import SMALL_SPLITS, run_cli
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "2", "--batch-size", "16", *SMALL_SPLITS]

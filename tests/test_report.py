@@ -2,7 +2,7 @@
 import json
 
 from ratio_cnn.report import split_line
-from tests.conftest import run_cli
+from conftest import run_cli
 
 
 def fake_metrics(ratio: int, f1: float) -> dict:
