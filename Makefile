@@ -10,6 +10,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
+export PREFECT_LOGGING_EXTRA_LOGGERS := ratio_cnn
 
 .PHONY: install study test lint clean
 

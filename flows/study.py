@@ -9,8 +9,10 @@ One failed ratio stops neither the others nor the report; the run then ends Fail
 
     python -m flows.study        # the whole study on the embedded defaults (make study)
 """
+import argparse
 import dataclasses
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -24,12 +26,17 @@ from pydantic import create_model
 
 from ratio_cnn import report
 from ratio_cnn.config import TrainConfig, new_run_id, ratio_name
+from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import StorageUnavailable
 from ratio_cnn.job import run_job
 from ratio_cnn.storage import join, open_storage
+from ratio_cnn.synth import make_synthetic_dataset
 
 # `make study` on a 2-core CPU: 4 ratios x 3 epochs fit in its 10-minute budget (README).
 STUDY_EPOCHS = 3
+# The job's progress lines (INFO) in the flow's logs; PREFECT_LOGGING_EXTRA_LOGGERS=ratio_cnn
+# (set by the Makefile and the deployments) also sends them to the Prefect UI.
+logging.getLogger("ratio_cnn").setLevel(logging.INFO)
 PER_JOB = ("ratio", "data", "out", "run_id")  # set by the study for each job
 # The training options a study passes to every job, with TrainConfig's own defaults: one
 # place holds them, and Prefect shows them as a form.
@@ -129,25 +136,18 @@ def ratio_study(
 
 def main() -> None:
     """`make study`: the synthetic dataset if missing, then the four ratios in-process."""
-    import argparse
-    import logging
-
-    from ratio_cnn.data import MANIFEST
-    from ratio_cnn.synth import make_synthetic_dataset
-
     parser = argparse.ArgumentParser(description="Run the ratio study in-process on the embedded defaults.")
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--out", default="results")
     parser.add_argument("--epochs", type=int, default=STUDY_EPOCHS)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if not open_storage(args.data).exists(MANIFEST):
         print(f"making the synthetic dataset in {args.data} (about 30 s)", flush=True)
         make_synthetic_dataset(args.data)
     state = ratio_study(data=args.data, out=args.out, options=TrainingOptions(epochs=args.epochs), return_state=True)
-    run_id = json.loads(open_storage(args.out).get("latest.json"))["run_id"] if state.is_completed() else None
-    print(f"\nreport: {state.result(raise_on_failure=False) if run_id else state.message}")
-    raise SystemExit(0 if state.is_completed() else 1)
+    if not state.is_completed():
+        raise SystemExit(f"\nthe study failed: {state.message}")
+    print(f"\nreport: {state.result()}")
 
 
 if __name__ == "__main__":
