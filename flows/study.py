@@ -91,17 +91,15 @@ def record_run(run_uri: str, run_id: str, ratios: list[float], data: str, option
 @task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
 def build_report(out: str, run_id: str) -> str:
     """report.md from what the jobs wrote, published as artifacts; `latest` moves when all finished."""
-    run_uri = join(out, run_id)
-    report_uri = report.write_report(run_uri)
-    meta, results = report.collect(open_storage(run_uri))
-    markdown = report.render_markdown(run_id, meta, results)
-    create_markdown_artifact(key="ratio-study-report", markdown=markdown, description=f"run {run_id}: {report_uri}")
-    create_table_artifact(key="ratio-study-summary", table=report.summary_rows(results),
+    written = report.write_report(join(out, run_id))
+    create_markdown_artifact(key="ratio-study-report", markdown=written.markdown,
+                             description=f"run {run_id}: {written.uri}")
+    create_table_artifact(key="ratio-study-summary", table=report.summary_rows(written.results),
                           description=f"run {run_id}")
-    if all(r.metrics for r in results):
-        latest = {"run_id": run_id, "report": report_uri, "finished": datetime.now(timezone.utc).isoformat()}
+    if all(r.metrics for r in written.results):
+        latest = {"run_id": run_id, "report": written.uri, "finished": datetime.now(timezone.utc).isoformat()}
         open_storage(out).put("latest.json", json.dumps(latest, indent=2).encode())
-    return report_uri
+    return written.uri
 
 
 @flow(name="ratio-study", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -114,17 +112,18 @@ def ratio_study(
     launch: Literal["in-process", "deployments"] = "in-process",
     train_deployment: str = "train-ratio/gpu",
 ):
+    """Every ratio's job, concurrently, then the report; Failed if any ratio failed."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     record_run(join(out, run_id), run_id, ratios, data, options, launch)
     logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in ratios),
                 launch, join(out, run_id))
     launches = {r: launch_ratio.submit(r, data, out, run_id, options, launch, train_deployment) for r in ratios}
-    failed = {}
+    failed = []
     for ratio, future in launches.items():
         future.wait()
         if not future.state.is_completed():
-            failed[ratio] = future.state.message
+            failed.append(ratio)
             logger.error("ratio 1:%s failed: %s", ratio_name(ratio), future.state.message)
     report_uri = build_report(out, run_id)
     logger.info("report: %s", report_uri)

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "report":
         from ratio_cnn.report import write_report
 
-        print(write_report(args.run))
+        print(write_report(args.run).uri)
 
 
 def main(argv: list[str] | None = None) -> int:

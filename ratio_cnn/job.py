@@ -26,6 +26,7 @@ from ratio_cnn.train import pick_device, seed_everything, train_one_epoch
 
 log = logging.getLogger(__name__)
 
+METRICS = "metrics.json"  # written last: its presence means the job finished
 ERROR = "error.json"  # written instead of metrics.json when a job fails
 OUTPUTS = ("history.csv", "predictions.csv", "confusion_matrix.png", "curves.png", "model.pt")
 
@@ -33,7 +34,7 @@ OUTPUTS = ("history.csv", "predictions.csv", "confusion_matrix.png", "curves.png
 def run_job(cfg: TrainConfig) -> dict:
     """Run the job; on failure leave error.json (the reason) where metrics.json would be."""
     out = open_storage(cfg.out)
-    done_key = f"{cfg.job_prefix}/metrics.json"
+    done_key = f"{cfg.job_prefix}/{METRICS}"
     if out.exists(done_key):
         raise RatioCnnError(f"{out.describe(done_key)} already exists: that job is complete; pick another --run-id")
     out.delete(f"{cfg.job_prefix}/{ERROR}")  # from an earlier failed attempt at this job
@@ -57,7 +58,6 @@ def train_and_evaluate(cfg: TrainConfig, out: Storage) -> dict:
     started = time.perf_counter()
     title = f"1:{ratio_name(cfg.ratio)} ratio"
     source = open_storage(cfg.data)
-    done_key = f"{cfg.job_prefix}/metrics.json"
 
     # -------------------------------------------------------------------------
     # data: manifest, split, sample, then fetch and decode every image once
@@ -136,7 +136,7 @@ def train_and_evaluate(cfg: TrainConfig, out: Storage) -> dict:
         torch.save(model.state_dict(), folder / "model.pt")  # loads with weights_only=True
         for name in OUTPUTS:
             out.put(f"{cfg.job_prefix}/{name}", (folder / name).read_bytes())
-    out.put(done_key, json.dumps(metrics, indent=2).encode())
+    out.put(f"{cfg.job_prefix}/{METRICS}", json.dumps(metrics, indent=2).encode())
     log.info("%s: wrote %s", title, out.describe(cfg.job_prefix))
     return metrics
 

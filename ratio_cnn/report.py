@@ -3,7 +3,7 @@
 A run folder `<out>/<run-id>/` holds `run.json` (the ratios the study asked for, written
 by the flow; optional) and one `ratio-<N>/` per job with `metrics.json` when it
 finished or `error.json` when it failed. `write_report` adds `metrics_by_ratio.png` and
-`report.md` there and returns the report's URI.
+`report.md` there.
 """
 import json
 import re
@@ -16,6 +16,7 @@ import pandas as pd
 from ratio_cnn import plots
 from ratio_cnn.config import ratio_name
 from ratio_cnn.errors import RatioCnnError
+from ratio_cnn.job import ERROR, METRICS
 from ratio_cnn.storage import Storage, open_storage
 
 RUN_FILE = "run.json"
@@ -46,10 +47,10 @@ def collect(run: Storage) -> tuple[dict, list[RatioResult]]:
     results = []
     for ratio in ratios:
         folder = f"ratio-{ratio_name(ratio)}"
-        if f"{folder}/metrics.json" in keys:
-            results.append(RatioResult(ratio, json.loads(run.get(f"{folder}/metrics.json")), None))
-        elif f"{folder}/error.json" in keys:
-            results.append(RatioResult(ratio, None, json.loads(run.get(f"{folder}/error.json"))["error"]))
+        if f"{folder}/{METRICS}" in keys:
+            results.append(RatioResult(ratio, json.loads(run.get(f"{folder}/{METRICS}")), None))
+        elif f"{folder}/{ERROR}" in keys:
+            results.append(RatioResult(ratio, None, json.loads(run.get(f"{folder}/{ERROR}"))["error"]))
         else:
             results.append(RatioResult(ratio, None, "no metrics.json: the job did not finish (it may still be running)"))
     return meta, results
@@ -128,8 +129,15 @@ def render_markdown(run_id: str, meta: dict, results: list[RatioResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_uri: str) -> str:
-    """Write metrics_by_ratio.png and report.md into the run folder; return report.md's URI."""
+@dataclass
+class WrittenReport:
+    uri: str  # of report.md
+    markdown: str
+    results: list[RatioResult]
+
+
+def write_report(run_uri: str) -> WrittenReport:
+    """Write metrics_by_ratio.png and report.md into the run folder."""
     run = open_storage(run_uri)
     meta, results = collect(run)
     run_id = meta.get("run_id") or run_uri.rstrip("/").rsplit("/", 1)[-1]
@@ -139,5 +147,6 @@ def write_report(run_uri: str) -> str:
             path = Path(tmp) / METRICS_FIGURE
             plots.metrics_by_ratio(pd.DataFrame(rows), [r.ratio for r in results if r.metrics], path)
             run.put(METRICS_FIGURE, path.read_bytes())
-    run.put(REPORT, render_markdown(run_id, meta, results).encode())
-    return run.describe(REPORT)
+    markdown = render_markdown(run_id, meta, results)
+    run.put(REPORT, markdown.encode())
+    return WrittenReport(run.describe(REPORT), markdown, results)
