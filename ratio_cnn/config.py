@@ -71,6 +71,9 @@ class TrainConfig:
             raise RatioCnnError(f"max_skipped is a share between 0 and 1, got {self.max_skipped}")
         if self.lr <= 0:
             raise RatioCnnError(f"lr must be positive, got {self.lr}")
+        if self.train_benign < 1:
+            raise RatioCnnError(f"ratio {self.ratio:g} x {self.train_malignant} malignant images rounds to no benign one: "
+                                "raise --ratio or --train-malignant")
         if self.run_id is None:
             self.run_id = new_run_id()
         elif not self.run_id or "/" in self.run_id:

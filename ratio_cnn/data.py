@@ -106,8 +106,7 @@ def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str) -> di
         source = "what val and test leave"
 
     wanted = {"malignant": cfg.train_malignant, "benign": cfg.train_benign}
-    short = {n: (wanted[n], len(pool[n])) for n in LABELS if len(pool[n]) < wanted[n]}
-    if short:
+    if any(len(pool[n]) < wanted[n] for n in LABELS):
         have = " and ".join(f"{len(pool[n])} {n}" for n in LABELS)
         raise RatioCnnError(
             f"ratio 1:{ratio_name(cfg.ratio)} needs {cfg.train_malignant} malignant and {cfg.train_benign} benign "
@@ -117,7 +116,8 @@ def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str) -> di
     sets["train"] = pd.concat([pool[n].iloc[: wanted[n]] for n in LABELS])
     for name in SPLITS:
         if sets[name].empty:
-            raise RatioCnnError(f"the {name} split of {where} is empty: it needs images of both labels")
+            raise RatioCnnError(f"the {name} split of {where} is empty: raise its --{name}-* sizes or add "
+                                f"{name} rows to the manifest's split column")
     return {name: sets[name] for name in SPLITS}
 
 
