@@ -90,3 +90,15 @@ def test_labels_are_case_and_space_insensitive_and_extra_columns_kept():
     m = read_manifest(b"image,label,diagnosis\na.jpg, Malignant ,melanoma\n", "m.csv")
     assert list(m["label"]) == ["malignant"] and "diagnosis" in m.columns
     assert np.array_equal(m["line"], [2])
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(ratio=0.001), r"rounds to no benign one"),
+    (dict(ratio=0), r"ratio must be a positive number"),
+    (dict(ratio=float("inf")), r"ratio must be a positive number"),
+    (dict(ratio=1, device="tpu"), r"device must be one of auto, cpu, cuda, got 'tpu'"),
+    (dict(ratio=1, run_id="a/b"), r"without '/'"),
+])
+def test_config_rejects_bad_values(options, message):
+    with pytest.raises(RatioCnnError, match=message):
+        TrainConfig(**options)
