@@ -7,7 +7,6 @@ for MinIO or any S3-compatible endpoint). No other module knows which backend it
 """
 from __future__ import annotations  # the `list` method shadows the builtin in annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from urllib.parse import urlparse
 
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 
-log = logging.getLogger(__name__)
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")  # the codes S3-compatible servers give a missing object
 
 
 def join(uri: str, *parts: str) -> str:
@@ -97,7 +96,7 @@ class LocalStorage(Storage):
 
 
 class S3Storage(Storage):
-    def __init__(self, bucket: str, prefix: str, workers: int = 32) -> None:
+    def __init__(self, bucket: str, prefix: str) -> None:
         import boto3
         from botocore.config import Config
 
@@ -107,7 +106,7 @@ class S3Storage(Storage):
             retries={"mode": "standard", "max_attempts": 5},  # transient 5xx, throttling, resets
             connect_timeout=5,  # an unreachable endpoint fails in seconds, not minutes
             read_timeout=60,
-            max_pool_connections=workers,
+            max_pool_connections=32,  # no fewer than the concurrent downloads (--workers, 16)
         )
         self.client = boto3.session.Session().client("s3", config=config)
 
@@ -135,9 +134,9 @@ class S3Storage(Storage):
             ) from None
         except bx.ClientError as e:
             code = e.response.get("Error", {}).get("Code", "?")
-            if code in ("NoSuchBucket",):
+            if code == "NoSuchBucket":
                 raise self._no_bucket() from None
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in NOT_FOUND:
                 raise RatioCnnError(f"{where} does not exist") from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"):
                 raise RatioCnnError(
@@ -173,14 +172,14 @@ class S3Storage(Storage):
                 self.client.head_object(Bucket=self.bucket, Key=self._key(key))
                 return True
             except ClientError as e:
-                if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                if e.response.get("Error", {}).get("Code") not in NOT_FOUND:
                     raise
             # HEAD answers a bare 404 for a missing bucket as for a missing key: tell them apart,
             # or "no manifest.csv" would send the user to write into a bucket that is not there.
             try:
                 self.client.head_bucket(Bucket=self.bucket)
             except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                if e.response.get("Error", {}).get("Code") in (*NOT_FOUND, "NoSuchBucket"):
                     raise self._no_bucket() from None
                 # 403 and the like: no right to look at the bucket itself; the key is still absent
         return False
@@ -203,6 +202,6 @@ def open_storage(uri: str) -> Storage:
         return S3Storage(parsed.netloc, parsed.path)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.path))
-    if parsed.scheme in ("", ) or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+    if not parsed.scheme or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
         return LocalStorage(Path(uri))
     raise RatioCnnError(f"storage URI {uri!r}: use a folder path, file://… or s3://bucket/prefix")

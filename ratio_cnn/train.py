@@ -1,5 +1,4 @@
 """Training: device, seeding, normalisation on the device, one epoch of Adam steps."""
-import logging
 import sys
 import threading
 
@@ -8,8 +7,6 @@ from torch import nn
 from tqdm import tqdm
 
 from ratio_cnn.errors import RatioCnnError
-
-log = logging.getLogger(__name__)
 
 # ImageNet statistics: the usual normalisation for RGB photographs, and what the study's
 # torchvision Normalize used.
