@@ -1,0 +1,370 @@
+"""Statistics for the report: intervals over seeds, bootstraps over test images, paired differences.
+
+Pure numpy on `labels` (n,) of 0/1 (1 = malignant, the positive class) and `logits` (S, n),
+one row per seed of one model. Every metric is a function of the float64 probability
+1 / (1 + exp(-logit)); "at threshold t" means probability >= t, the same comparison the
+operating points below are chosen with, so a threshold they return reproduces its own
+recall or F1 exactly.
+
+A bootstrap resample is a row of image counts (weights), not a copy of the data: every
+resample of every seed then comes out of a few (dense or sparse) matrix products, with no
+loop over resamples.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.stats import t as student_t
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
+THRESHOLD_FREE = ("loss", "roc_auc", "average_precision")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its interval; `low`/`high` are None where none exists (one seed)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int  # values, or seeds, behind the estimate
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def verdict(interval: Interval) -> str:
+    """How the report words a difference: "real", "within noise", or "n/a" with no interval."""
+    if interval.low is None:
+        return "n/a"
+    return "real" if interval.excludes_zero else "within noise"
+
+
+def t_interval(values, level: float = 0.95) -> Interval:
+    """Mean of (n,) values (one per seed) ± t_{(1+level)/2, n-1} · sd / √n, sd with ddof=1."""
+    _check_level(level)
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"t_interval needs a non-empty 1-D array of values, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"t_interval got non-finite values {values.tolist()}; drop or fix the failed seeds")
+    mean = float(values.mean())
+    if values.size == 1:
+        return Interval(mean, None, None, 1)
+    half = student_t.ppf((1 + level) / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+    return Interval(mean, mean - float(half), mean + float(half), values.size)
+
+
+# ---------------------------------------------------------------- resampling
+
+def resample_weights(labels, resamples: int = 2000, seed=0) -> np.ndarray:
+    """(B, n) int counts: row b redraws each class's images with replacement, as many as it holds.
+
+    Stratified because the evaluation set's composition (50 malignant, 1000 benign) is fixed
+    by design; only which images stand for each class varies. `seed` is anything
+    numpy.random.default_rng accepts. Stored image-major (a transposed (n, B) array), the
+    layout metric_matrix reads in order.
+    """
+    labels = _check_labels(labels)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((labels.size, resamples), dtype=np.int64)
+    for members in (np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)):
+        if members.size == 0:
+            continue
+        draws = rng.integers(members.size, size=(resamples, members.size))
+        # one bincount for all resamples: image j drawn in resample b counts in bin j * B + b
+        bins = draws * resamples + np.arange(resamples)[:, None]
+        counts[members] = np.bincount(bins.ravel(), minlength=bins.size).reshape(members.size, resamples)
+    return counts.T
+
+
+def resample_seeds(n_seeds: int, resamples: int = 2000, seed=0) -> np.ndarray:
+    """(B, S) seed indices drawn with replacement, one row per resample."""
+    return np.random.default_rng(seed).integers(n_seeds, size=(resamples, n_seeds))
+
+
+# ---------------------------------------------------------------- metrics
+
+def metric_matrix(labels, logits, weights, thresholds) -> dict[str, np.ndarray]:
+    """Every metric of METRICS for every seed under every row of image weights: {metric: (S, B)}.
+
+    labels (n,); logits (S, n); weights (B, n), non-negative, each a count of how often an
+    image is repeated (np.ones((1, n)) for the plain estimate); thresholds a probability or
+    (S,) probabilities, one per seed. Precision, recall and F1 are 0 where undefined, as in
+    evaluate.binary_metrics; ROC-AUC and average precision are NaN for a row without
+    weight on both classes. Ties and weights are handled as scikit-learn's sample_weight.
+    """
+    y, logits = _check_inputs(labels, logits)
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or weights.shape[1] != y.size:
+        raise ValueError(f"weights must have shape (resamples, {y.size}), got {weights.shape}")
+    # (n, B): with images as rows every product below streams through memory in order
+    w_t = np.ascontiguousarray(weights.T, dtype=float)
+    total = w_t.sum(axis=0)  # (B,)
+    if (w_t < 0).any() or not (total > 0).all():
+        raise ValueError("weights must be non-negative with a positive total in every row")
+    thresholds = np.asarray(thresholds, dtype=float)
+    if thresholds.ndim > 1 or thresholds.size not in (1, len(logits)):
+        raise ValueError(f"thresholds must be one probability or one per seed ({len(logits)}), got {thresholds.shape}")
+    probability = _probability(logits)
+
+    positives = y @ w_t  # (B,)
+    predicted = (probability >= thresholds.reshape(-1, 1)).astype(float)  # (S, n)
+    tp = (predicted * y) @ w_t  # (S, B)
+    fp = predicted @ w_t - tp
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, np.broadcast_to(positives, tp.shape))
+    # binary cross-entropy from logits without overflow, as torch's *_with_logits computes it
+    losses = np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))  # (S, n)
+    ranking = [_ranking_metrics(y, p, w_t) for p in probability]
+    return {
+        "loss": losses @ w_t / total,
+        "accuracy": (tp + (total - positives) - fp) / total,
+        "precision": precision,
+        "recall": recall,
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        "roc_auc": np.array([auc for auc, _ in ranking]),
+        "average_precision": np.array([ap for _, ap in ranking]),
+    }
+
+
+def _ranking_metrics(y: np.ndarray, probability: np.ndarray, w_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ROC-AUC and average precision of one seed's (n,) scores under (n, B) weights: two (B,).
+
+    Both depend only on where each image falls among the positives' distinct scores
+    u_0 > u_1 > ... > u_{U-1}: bin 2k holds the images strictly between u_{k-1} and u_k,
+    bin 2k+1 those tied with u_k (every positive sits in an odd bin). One sparse product
+    then gives every resample's negative and positive weight per bin, so no resample is
+    sorted and ties are exact.
+    """
+    distinct = np.unique(probability[y == 1])  # ascending
+    if distinct.size == 0:
+        return np.full(w_t.shape[1], np.nan), np.full(w_t.shape[1], np.nan)
+    above = distinct.size - np.searchsorted(distinct, probability, side="right")  # distinct positive scores above
+    tied = np.searchsorted(distinct, probability, side="right") - np.searchsorted(distinct, probability, side="left")
+    n_bins = 2 * distinct.size + 1
+    rows = 2 * above + tied + n_bins * y.astype(int)  # negatives in rows [0, n_bins), positives after
+    one_hot = sparse.csr_array((np.ones(y.size), (rows, np.arange(y.size))), shape=(2 * n_bins, y.size))
+    per_bin = one_hot @ w_t  # (2 * n_bins, B)
+    pos_in = per_bin[n_bins + 1 :: 2]  # (U, B): positive weight at each distinct score, highest first
+    neg_through = np.cumsum(per_bin[:n_bins], axis=0)
+    neg_above, neg_at_or_above = neg_through[0:-1:2], neg_through[1::2]  # (U, B), relative to each u_k
+    pos_through = np.cumsum(pos_in, axis=0)
+    positives, negatives = pos_through[-1], neg_through[-1]
+    # a positive outranks the negatives below it and ties half of those level with it, as roc_auc_score
+    ranked_pairs = (pos_in * (negatives - (neg_above + neg_at_or_above) / 2)).sum(axis=0)
+    # average_precision_score steps only at distinct scores: a positive counts the precision at its own score
+    hits = (pos_in * _ratio(pos_through, pos_through + neg_at_or_above)).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = np.where(positives * negatives > 0, ranked_pairs / (positives * negatives), np.nan)
+        ap = np.where(positives * negatives > 0, hits / positives, np.nan)
+    return auc, ap
+
+
+# ---------------------------------------------------------------- intervals
+
+def bootstrap_intervals(labels, logits, thresholds, resamples: int = 2000, seed=0,
+                        level: float = 0.95) -> dict[str, Interval]:
+    """Each metric's mean over seeds with a percentile interval over resampled test images.
+
+    The seeds stay fixed: the interval is the evaluation set's own noise, the part more
+    seeds cannot shrink. logits (S, n); thresholds as in metric_matrix.
+    """
+    _check_level(level)
+    weights = resample_weights(labels, resamples, seed)
+    point = metric_matrix(labels, logits, np.ones((1, weights.shape[1])), thresholds)
+    resampled = metric_matrix(labels, logits, weights, thresholds)
+    return {m: _percentile_interval(point[m].mean(), resampled[m].mean(axis=0), level, len(logits)) for m in METRICS}
+
+
+def bootstrap_interval(labels, logits, metric: str, threshold, resamples: int = 2000, seed=0,
+                       level: float = 0.95) -> Interval:
+    """bootstrap_intervals for one metric."""
+    _check_metric(metric)
+    return bootstrap_intervals(labels, logits, threshold, resamples, seed, level)[metric]
+
+
+def paired_differences(labels, logits_a, logits_b, thresholds_a, thresholds_b, resamples: int = 2000, seed=0,
+                       level: float = 0.95) -> dict[str, Interval]:
+    """Each metric's mean over seeds of (A − B), with a percentile interval over images and seeds jointly.
+
+    logits_a and logits_b are (S, n) of two models on the same images, row s of both
+    started from the same initial weights. Resample b draws one image weighting and one
+    seed resample and applies both to A and B alike, so what the two share (hard images,
+    lucky initialisations) cancels in the difference.
+    """
+    _check_level(level)
+    shape_a, shape_b = np.shape(logits_a), np.shape(logits_b)
+    if shape_a != shape_b or len(shape_a) != 2:
+        raise ValueError(f"logits_a and logits_b must share one (seeds, images) shape, got {shape_a} and {shape_b}")
+    n_seeds, n_images = shape_a
+    images_seed, seeds_seed = np.random.SeedSequence(seed).spawn(2)
+    weights = resample_weights(labels, resamples, images_seed)
+    seed_rows = resample_seeds(n_seeds, resamples, seeds_seed)  # (B, S)
+    ones = np.ones((1, n_images))
+    point_a = metric_matrix(labels, logits_a, ones, thresholds_a)
+    point_b = metric_matrix(labels, logits_b, ones, thresholds_b)
+    a = metric_matrix(labels, logits_a, weights, thresholds_a)
+    b = metric_matrix(labels, logits_b, weights, thresholds_b)
+    resample_columns = np.arange(resamples)[:, None]
+    intervals = {}
+    for m in METRICS:
+        difference = a[m] - b[m]  # (S, B)
+        resampled = difference[seed_rows, resample_columns].mean(axis=1)  # (B,)
+        intervals[m] = _percentile_interval((point_a[m] - point_b[m]).mean(), resampled, level, n_seeds)
+    return intervals
+
+
+def paired_difference(labels, logits_a, logits_b, metric: str, thresholds_a, thresholds_b, resamples: int = 2000,
+                      seed=0, level: float = 0.95) -> Interval:
+    """paired_differences for one metric."""
+    _check_metric(metric)
+    return paired_differences(labels, logits_a, logits_b, thresholds_a, thresholds_b, resamples, seed, level)[metric]
+
+
+def _percentile_interval(point: float, resampled: np.ndarray, level: float, n: int) -> Interval:
+    if not np.isfinite(resampled).all():
+        return Interval(float(point), None, None, n)
+    low, high = np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(point), float(low), float(high), n)
+
+
+# ---------------------------------------------------------------- operating points
+
+def best_f1_threshold(labels, logits) -> float:
+    """The distinct predicted probability that, as a threshold, maximises F1; ties go to the higher one.
+
+    labels (n,) and logits (n,) of one seed on the validation set.
+    """
+    thresholds, tp, predicted, positives = _operating_points(labels, logits)
+    # 2·tp / (predicted + positives) is F1; integer ratios make equal F1s compare equal
+    return float(thresholds[np.argmax(2 * tp / (predicted + positives))])
+
+
+def recall_threshold(labels, logits, target: float = 0.80) -> float:
+    """The highest distinct predicted probability whose recall, as a threshold, is >= target."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target}")
+    thresholds, tp, _, positives = _operating_points(labels, logits)
+    return float(thresholds[np.flatnonzero(tp / positives >= target)[0]])
+
+
+def prior_shift_threshold(train_positive: float, train_negative: float, eval_positive: float,
+                          eval_negative: float) -> float:
+    """Raw-probability threshold equal to predicting at 0.5 after correcting for the change of prior.
+
+    Corrected logit = logit + log(eval odds) − log(train odds), so the raw threshold is
+    sigmoid(log a − log b) = a / (a + b) with a, b the training and evaluation odds
+    (positive / negative). Counts may be effective (class-weighted) floats.
+    """
+    counts = (train_positive, train_negative, eval_positive, eval_negative)
+    if not all(np.isfinite(c) and c > 0 for c in counts):
+        raise ValueError(f"class counts must be positive, got {counts}")
+    train_odds, eval_odds = train_positive / train_negative, eval_positive / eval_negative
+    return float(train_odds / (train_odds + eval_odds))
+
+
+def _operating_points(labels, logits) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One seed's distinct probabilities (descending); true and all predicted positives at each; positives."""
+    if np.ndim(logits) != 1:
+        raise ValueError(f"an operating point is chosen on one seed's (n,) logits, got shape {np.shape(logits)}")
+    y, logits = _check_inputs(labels, np.reshape(logits, (1, -1)))
+    if y.sum() == 0:
+        raise ValueError("the validation labels hold no malignant image: no operating point can be chosen")
+    probability = _probability(logits[0])
+    order = np.argsort(-probability, kind="stable")
+    ranked = probability[order]
+    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # last index of each run of equal scores
+    return ranked[ends], np.cumsum(y[order])[ends], ends + 1, y.sum()
+
+
+# ---------------------------------------------------------------- curves for figures
+
+def roc_band(labels, logits, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each seed's ROC curve read at the false-positive rates of grid (default 101 points on [0, 1]).
+
+    Returns (grid, mean_tpr, low_tpr, high_tpr), the band being min and max over seeds.
+    """
+    y, logits = _check_inputs(labels, logits)
+    grid = _unit_grid(grid)
+    curves = []
+    for probability in _probability(logits):
+        fpr, tpr, _ = roc_curve(y, probability)
+        # np.interp reads a repeated fpr at its last point: a vertical step counts at its top
+        curves.append(np.interp(grid, fpr, tpr))
+    curves = np.array(curves)
+    return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
+
+
+def pr_band(labels, logits, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each seed's interpolated precision (best precision at any recall >= r) at the recalls of grid.
+
+    Returns (grid, mean_precision, low_precision, high_precision), the band being min and
+    max over seeds.
+    """
+    y, logits = _check_inputs(labels, logits)
+    grid = _unit_grid(grid)
+    curves = []
+    for probability in _probability(logits):
+        precision, recall, _ = precision_recall_curve(y, probability)
+        # drop the (recall 0, precision 1) end scikit-learn appends: no threshold reaches it
+        precision, recall = precision[:-1], recall[:-1]  # recall falls along the arrays
+        best_so_far = np.maximum.accumulate(precision)  # best precision over recall >= recall[i]
+        reaching = recall.size - np.searchsorted(recall[::-1], grid, side="left")  # points with recall >= r
+        curves.append(best_so_far[reaching - 1])
+    curves = np.array(curves)
+    return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _probability(logits: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for logit < -709: probability 0
+        return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def _unit_grid(grid) -> np.ndarray:
+    if grid is None:
+        return np.linspace(0, 1, 101)
+    grid = np.asarray(grid, dtype=float)
+    if grid.ndim != 1 or not ((grid >= 0) & (grid <= 1)).all():
+        raise ValueError(f"a curve's grid must be a 1-D array of rates in [0, 1], got {grid!r}")
+    return grid
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (precision with nothing predicted)."""
+    return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
+                     where=denominator > 0)
+
+
+def _check_labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be a 1-D array of 0/1 (1 = malignant), got shape {labels.shape}")
+    return labels.astype(float)
+
+
+def _check_inputs(labels, logits) -> tuple[np.ndarray, np.ndarray]:
+    y = _check_labels(labels)
+    logits = np.asarray(logits, dtype=float)
+    if logits.ndim != 2 or logits.shape[1] != y.size:
+        raise ValueError(f"logits must have shape (seeds, {y.size}) to match the labels, got {logits.shape}")
+    if not np.isfinite(logits).all():
+        raise ValueError("logits hold non-finite values; a diverged run cannot be scored")
+    return y, logits
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
