@@ -20,47 +20,63 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run as prefect_flow_run
+from prefect.runtime import task_run as prefect_task_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import create_model
+import torch
 
 from ratio_cnn import report
-from ratio_cnn.config import TrainConfig, new_run_id, ratio_name
+from ratio_cnn.config import TrainConfig, check_name, new_run_id, ratio_name
 from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import StorageUnavailable
 from ratio_cnn.job import run_job
+from ratio_cnn.job_folder import FolderBusy
+from ratio_cnn.results import RUN_FILE
 from ratio_cnn.storage import join, open_storage
 from ratio_cnn.synth import make_synthetic_dataset
 
-# `make study` on a 2-core CPU: 4 ratios x 3 epochs fit in its 10-minute budget (README).
+# `make study` on a 2-core CPU: 4 ratios x 3 seeds x STUDY_EPOCHS fit in its 10-minute budget
+# (measured, README); on a GPU the study's own 5 epochs and 5 seeds take seconds.
 STUDY_EPOCHS = 3
+CPU_SEEDS = 3
 # The job's progress lines (INFO) in the flow's logs; PREFECT_LOGGING_EXTRA_LOGGERS=ratio_cnn
 # (set by the Makefile and the deployments) also sends them to the Prefect UI.
 logging.getLogger("ratio_cnn").setLevel(logging.INFO)
 PER_JOB = ("ratio", "data", "out", "run_id")  # set by the study for each job
 # The training options a study passes to every job, with TrainConfig's own defaults: one
 # place holds them, and Prefect shows them as a form.
+# The study's own default differs from one job's in one place: 5 replicates (the CLI's is 1).
+STUDY_DEFAULTS = {"seeds": 5}
 TrainingOptions = create_model(
     "TrainingOptions",
-    **{f.name: (f.type, f.default) for f in dataclasses.fields(TrainConfig) if f.name not in PER_JOB},
+    **{f.name: (int | list[int] if f.name == "seeds" else f.type,
+                STUDY_DEFAULTS.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory()))
+       for f in dataclasses.fields(TrainConfig) if f.name not in PER_JOB},
 )
 
 
 def is_transient(task, task_run, state) -> bool:
-    """Retry storage outages only: bad data or a bug fails the same way every time."""
+    """Retry storage outages and a folder another attempt still holds (it may finish or be
+    found dead); bad data or a bug fails the same way every time."""
     try:
         state.result()
-    except StorageUnavailable:
+    except (StorageUnavailable, FolderBusy):
         return True
-    except Exception:
+    except BaseException:
         return False
     return False
 
 
 @task(retries=3, retry_delay_seconds=[10, 60, 300], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def train_job(cfg: TrainConfig) -> dict:
-    metrics = run_job(cfg)
-    return {"ratio": cfg.ratio, "test": {k: metrics["test"][k] for k in ("f1", "roc_auc")}}
+    """A retry resumes: it keeps the seeds and checkpoints the failed attempt left."""
+    if prefect_task_run.get_run_count() > 1:
+        cfg = dataclasses.replace(cfg, resume=True)
+    metrics = run_job(cfg, flow_run=prefect_flow_run.get_id())
+    return {"ratio": cfg.ratio, "test": {f"{v['strategy']}/{v['model']}": v["summary"]["test"]["roc_auc"]
+                                         for v in metrics["variants"]}}
 
 
 @flow(name="train-ratio")
@@ -81,20 +97,20 @@ def launch_ratio(ratio: float, data: str, out: str, run_id: str, options: Traini
         raise RuntimeError(f"{train_deployment} run {flow_run.name} ended {flow_run.state.name}: {flow_run.state.message}")
 
 
-@task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def record_run(run_uri: str, run_id: str, ratios: list[float], data: str, options: TrainingOptions, launch: str) -> None:
     meta = {"run_id": run_id, "ratios": ratios, "data": data, "options": options.model_dump(), "launch": launch,
             "started": datetime.now(timezone.utc).isoformat()}
-    open_storage(run_uri).put(report.RUN_FILE, json.dumps(meta, indent=2).encode())
+    open_storage(run_uri).put(RUN_FILE, json.dumps(meta, indent=2).encode())
 
 
-@task(retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def build_report(out: str, run_id: str) -> str:
     """report.md from what the jobs wrote, published as artifacts; `latest` moves when all finished."""
     written = report.write_report(join(out, run_id))
     create_markdown_artifact(key="ratio-study-report", markdown=written.markdown,
                              description=f"run {run_id}: {written.uri}")
-    create_table_artifact(key="ratio-study-summary", table=report.summary_rows(written.results),
+    create_table_artifact(key="ratio-study-summary", table=report.summary_rows(written),
                           description=f"run {run_id}")
     if all(r.metrics for r in written.results):
         latest = {"run_id": run_id, "report": written.uri, "finished": datetime.now(timezone.utc).isoformat()}
@@ -114,7 +130,7 @@ def ratio_study(
 ):
     """Every ratio's job, concurrently, then the report; Failed if any ratio failed."""
     logger = get_run_logger()
-    run_id = run_id or new_run_id()
+    run_id = check_name("run id", run_id or new_run_id())  # it names a folder: nothing outside `out`
     record_run(join(out, run_id), run_id, ratios, data, options, launch)
     logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in ratios),
                 launch, join(out, run_id))
@@ -138,12 +154,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the ratio study in-process on the embedded defaults.")
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--out", default="results")
-    parser.add_argument("--epochs", type=int, default=STUDY_EPOCHS)
+    on_gpu = torch.cuda.is_available()
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs if on_gpu else STUDY_EPOCHS)
+    parser.add_argument("--seeds", type=int, default=STUDY_DEFAULTS["seeds"] if on_gpu else CPU_SEEDS)
     args = parser.parse_args()
     if not open_storage(args.data).exists(MANIFEST):
         print(f"making the synthetic dataset in {args.data} (about 30 s)", flush=True)
         make_synthetic_dataset(args.data)
-    state = ratio_study(data=args.data, out=args.out, options=TrainingOptions(epochs=args.epochs), return_state=True)
+    options = TrainingOptions(epochs=args.epochs, seeds=args.seeds)
+    state = ratio_study(data=args.data, out=args.out, options=options, return_state=True)
     if not state.is_completed():
         raise SystemExit(f"\nthe study failed: {state.message}")
     print(f"\nreport: {state.result()}")

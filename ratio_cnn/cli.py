@@ -2,10 +2,11 @@
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
 
 from ratio_cnn.config import TrainConfig
-from ratio_cnn.errors import RatioCnnError
+from ratio_cnn.errors import RatioCnnError, Terminated
 
 log = logging.getLogger("ratio_cnn")
 
@@ -13,11 +14,16 @@ log = logging.getLogger("ratio_cnn")
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, so the CLI cannot drift from the configuration."""
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = None if f.default is None else f.default
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(flag, dest=f.name, type=f.type, default=default, required=f.name == "ratio",
-                            help=f.metadata["help"] + shown, metavar=f.name.upper())
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
+        if f.type is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+            continue
+        # Lists arrive as text ("5", "0,3,7", "none,pos_weight"); TrainConfig parses and checks them.
+        parser.add_argument(flag, dest=f.name, type=str if isinstance(default, list) else f.type, default=default,
+                            required=f.name == "ratio", help=f.metadata["help"] + ("" if default is None else shown),
+                            metavar=f.metadata.get("metavar", f.name.upper()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +76,13 @@ def run(args: argparse.Namespace) -> None:
         print(write_report(args.run).uri)
 
 
+def stop_on_sigterm(signum, frame) -> None:
+    """`docker stop` and Kubernetes send SIGTERM: stop like Ctrl-C, so the job records why."""
+    raise Terminated("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -81,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except RatioCnnError as e:
         print(f"ratio-cnn: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("ratio-cnn: stopped by SIGTERM (the job folder records it; --resume continues)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("ratio-cnn: interrupted", file=sys.stderr)
+        print("ratio-cnn: interrupted (the job folder records it; --resume continues)", file=sys.stderr)
         return 130
     return 0
 

@@ -4,13 +4,20 @@ The CLI (`ratio-cnn train`) and the Prefect flows both build a `TrainConfig`; no
 else holds defaults.
 """
 import math
+import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from ratio_cnn.errors import RatioCnnError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+SAMPLES = ("fixed", "per-seed")
+# Names that become folders and object keys: no separators, no `.`/`..`, not too long for a file system.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def new_run_id() -> str:
@@ -18,13 +25,56 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
+def check_name(what: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise RatioCnnError(f"{what} {name!r} is not a valid name: use 1-100 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit (it becomes a folder name)")
+    return name
+
+
 def ratio_name(ratio: float) -> str:
     """3.0 -> '3', 2.5 -> '2.5': the N of `ratio-<N>` folders and `1:N` headings."""
     return f"{ratio:g}"
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+def parse_seeds(value) -> list[int]:
+    """`5` -> seeds 0..4; `0,3,7` or [0, 3, 7] -> those seeds."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise RatioCnnError(f"seeds {value!r}: give a count (5 means seeds 0-4) or a comma list (0,3,7)") from None
+        value = numbers if "," in value else (numbers[0] if numbers else None)
+    if isinstance(value, bool) or value is None:
+        raise RatioCnnError(f"seeds {value!r}: give a count (5 means seeds 0-4) or a comma list (0,3,7)")
+    if isinstance(value, int):
+        if not 1 <= value <= 1000:
+            raise RatioCnnError(f"seeds must count between 1 and 1000 replicates, got {value} (a list names seeds: "
+                                f"'{value},' is seed {value} alone)")
+        return list(range(value))
+    seeds = list(value)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise RatioCnnError(f"seeds {value!r} must be non-negative integers")
+    if len(set(seeds)) < len(seeds):
+        raise RatioCnnError(f"seeds {value!r} lists a seed twice: each replicate needs its own seed")
+    return seeds
+
+
+def parse_names(value) -> list[str]:
+    """`none,pos_weight` or ['none', 'pos_weight'] -> ['none', 'pos_weight']."""
+    names = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    return [n for n in names if n]
+
+
+def default_cache() -> str:
+    return os.environ.get("RATIO_CNN_CACHE") or str(Path.home() / ".cache" / "ratio-cnn")
+
+
+def _opt(default, help: str, **meta):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
@@ -39,9 +89,23 @@ class TrainConfig:
     epochs: int = _opt(5, "passes over the training set")
     batch_size: int = _opt(32, "images per optimiser step (the study's)")
     lr: float = _opt(1e-4, "Adam learning rate (the study's)")
-    seed: int = _opt(0, "seed for weights and batch order; same seed on the CPU, same metrics")
+    # Replicates: one seed is the study's design; intervals need several (the report's
+    # statistics). A seed changes the initial weights and the batch order, nothing else.
+    seeds: list[int] = _opt([0], "replicates: a count (5 means seeds 0-4) or a comma list (0,3,7)", metavar="N|LIST")
+    sample: str = _opt("fixed", "fixed: every seed trains on the same sample (paired across ratios); "
+                       "per-seed: each seed redraws the training sample")
+    strategies: list[str] = _opt(["none"], "imbalance strategies, a comma list of none, pos_weight, oversample, "
+                                 "augment, synthetic (docs/strategies.md)", flag="--strategy",
+                                 metavar="LIST")
+    models: list[str] = _opt(["simple"], "architectures, a comma list of simple (the study's SimpleCNN) and "
+                             "upgraded (its UpgradedCNN)", flag="--model", metavar="LIST")
+    synthetic_malignant: int = _opt(3000, "extra malignant images the synthetic strategy makes (the study's 3,000)")
     device: str = _opt("auto", "auto (cuda when present), cpu or cuda")
+    # bf16 autocast, channels_last and fused Adam are faster on a GPU; on a CPU bf16 is
+    # several times slower, so auto keeps fp32 there (docs/benchmarks.md).
+    precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")
     threshold: float = _opt(0.5, "probability above which an image is called malignant")
+    eval_batch_size: int = _opt(256, "images per forward pass when evaluating (no gradients: larger is faster)")
     # Splits and sampling. The study's sizes: 293 training malignant images, and val and
     # test of 50 malignant + 1000 benign each, keeping the natural imbalance.
     train_malignant: int = _opt(293, "malignant training images (benign = ratio x this)")
@@ -53,31 +117,50 @@ class TrainConfig:
     # Data health.
     max_skipped: float = _opt(0.01, "share of undecodable images tolerated (skipped and counted) before the job fails")
     workers: int = _opt(16, "concurrent downloads")
+    # Decode once: downloaded objects and decoded images are kept on this machine and
+    # reused by every later job that reads the same objects (docs/benchmarks.md).
+    cache: str = _opt("", "cache folder for downloaded and decoded images; default $RATIO_CNN_CACHE or "
+                      "~/.cache/ratio-cnn; 'none' turns it off")
+    # Reliability (docs/reliability.md).
+    resume: bool = _opt(False, "continue an interrupted or failed job of the same --run-id from its checkpoints")
+    checkpoint_every: float = _opt(60.0, "seconds of training between checkpoints (0: after every epoch); a "
+                                   "GPU epoch takes well under a second and a SimpleCNN checkpoint is 400 MB")
+    storage_timeout: float = _opt(10.0, "seconds to wait for object storage to connect or answer (objects are small)")
+    data_deadline: float = _opt(900.0, "seconds the whole download of the dataset may take before the job gives up")
 
     def __post_init__(self) -> None:
-        if self.ratio is None or not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio) and self.ratio > 0):
+        if self.ratio is None or isinstance(self.ratio, bool) or not (
+                isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio) and self.ratio > 0):
             raise RatioCnnError(f"ratio must be a positive number (such as 1, 2, 3 or 5), got {self.ratio!r}")
-        if self.device not in DEVICES:
-            raise RatioCnnError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name in ("epochs", "batch_size", "train_malignant", "workers"):
+        for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("sample", SAMPLES)):
+            if getattr(self, name) not in allowed:
+                raise RatioCnnError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "train_malignant", "workers"):
             if getattr(self, name) < 1:
                 raise RatioCnnError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("val_malignant", "val_benign", "test_malignant", "test_benign"):
+        for name in ("val_malignant", "val_benign", "test_malignant", "test_benign", "synthetic_malignant"):
             if getattr(self, name) < 0:
                 raise RatioCnnError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("lr", "storage_timeout", "data_deadline"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise RatioCnnError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not (math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0):
+            raise RatioCnnError(f"checkpoint_every must be 0 or more seconds, got {self.checkpoint_every}")
         if not 0 < self.threshold < 1:
             raise RatioCnnError(f"threshold must lie between 0 and 1, got {self.threshold}")
         if not 0 <= self.max_skipped < 1:
             raise RatioCnnError(f"max_skipped is a share between 0 and 1, got {self.max_skipped}")
-        if self.lr <= 0:
-            raise RatioCnnError(f"lr must be positive, got {self.lr}")
         if self.train_benign < 1:
             raise RatioCnnError(f"ratio {self.ratio:g} x {self.train_malignant} malignant images rounds to no benign one: "
                                 "raise --ratio or --train-malignant")
-        if self.run_id is None:
-            self.run_id = new_run_id()
-        elif not self.run_id or "/" in self.run_id:
-            raise RatioCnnError(f"run id {self.run_id!r} must be a non-empty name without '/'")
+        self.seeds = parse_seeds(self.seeds)
+        self.strategies, self.models = parse_names(self.strategies), parse_names(self.models)
+        for name, chosen, allowed in (("strategy", self.strategies, STRATEGIES), ("model", self.models, MODELS)):
+            unknown = [c for c in chosen if c not in allowed]
+            if not chosen or unknown or len(set(chosen)) < len(chosen):
+                raise RatioCnnError(f"{name} {','.join(chosen) or '(none)'}: choose one or more of "
+                                    f"{', '.join(allowed)}, each once")
+        self.run_id = new_run_id() if self.run_id is None else check_name("run id", self.run_id)
 
     @property
     def train_benign(self) -> int:
@@ -88,5 +171,24 @@ class TrainConfig:
         """Where this job writes, relative to `out`."""
         return f"{self.run_id}/ratio-{ratio_name(self.ratio)}"
 
+    @property
+    def variants(self) -> list[tuple[str, str]]:
+        """(strategy, model) pairs this job trains, each with every seed."""
+        return [(s, m) for s in self.strategies for m in self.models]
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return None if self.cache == "none" else Path(self.cache or default_cache())
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The names the job accepts; model.py and strategies.py hold what they mean (checked by a test).
+STRATEGIES = ("none", "pos_weight", "oversample", "augment", "synthetic")
+MODELS = ("simple", "upgraded")
+
+
+def variant_folder(strategy: str, model: str) -> str:
+    """Where one (strategy, model) of a job writes, under ratio-<N>/: none/simple."""
+    return f"{strategy}/{model}"

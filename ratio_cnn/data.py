@@ -4,20 +4,26 @@ A dataset is a storage prefix holding images and `manifest.csv` with columns
 `image,label` and an optional `split` (train|val|test); labels are malignant|benign.
 Images are 128x128 8-bit RGB (what `ratio-cnn data synth|ingest` write).
 """
+import contextlib
 import hashlib
 import io
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
+from ratio_cnn.cache import OK, DecodedImages, ObjectCache
 from ratio_cnn.config import TrainConfig, ratio_name
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.model import IMAGE_SIZE
-from ratio_cnn.storage import Storage
+from ratio_cnn.storage import Storage, key_problem
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,9 @@ def read_manifest(raw: bytes, where: str) -> pd.DataFrame:
     for i, row in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
         if not row.image.strip():
             raise RatioCnnError(f"{where} line {i}: empty image name")
+        if problem := key_problem(row.image):
+            raise RatioCnnError(f"{where} line {i}: image {row.image!r} {problem}: image names are paths inside "
+                                "the dataset folder")
         if row.label not in LABELS:
             raise RatioCnnError(f"{where} line {i}: unknown label {row.label!r} for {row.image}: use malignant or benign")
         if "split" in df.columns and row.split not in SPLITS:
@@ -66,6 +75,25 @@ def read_manifest(raw: bytes, where: str) -> pd.DataFrame:
     return df
 
 
+def get_manifest(storage: Storage, version: str, cache: Path | None) -> bytes:
+    """manifest.csv, from the cache when the listing shows it unchanged."""
+    objects = _object_cache(cache, storage)
+    if objects and (raw := objects.get(MANIFEST, version)) is not None:
+        return raw
+    raw = storage.get(MANIFEST)
+    if objects:
+        objects.put(MANIFEST, version, raw)
+    return raw
+
+
+def _object_cache(cache: Path | None, storage: Storage) -> ObjectCache | None:
+    try:
+        return ObjectCache(cache, storage.uri) if cache else None
+    except OSError as e:  # a read-only or full cache costs speed, never the job
+        log.warning("not caching objects in %s: %s", cache, e)
+        return None
+
+
 def digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
@@ -78,11 +106,14 @@ def _shuffled(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return df.iloc[rng.permutation(len(df))]
 
 
-def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str) -> dict[str, pd.DataFrame]:
-    """Val and test (fixed for all ratios), and the training sample for cfg.ratio.
+def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str,
+                     sample_seed: int | None = None) -> dict[str, pd.DataFrame]:
+    """Val and test (fixed for all ratios and seeds), and the training sample for cfg.ratio.
 
     The shuffles depend on split_seed only, never on the ratio, so the benign training
-    images are nested across ratios: 1:1's are the first ones of 1:2's, and so on.
+    images are nested across ratios: 1:1's are the first ones of 1:2's, and so on. With a
+    `sample_seed` (`--sample per-seed`) the training pool is reshuffled by that seed before
+    sampling: another sample per seed, still nested across ratios, same val and test.
     """
     rng = np.random.default_rng(cfg.split_seed)
     by_label = {name: _shuffled(manifest[manifest["label"] == name], rng) for name in LABELS}
@@ -105,6 +136,9 @@ def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str) -> di
         pool = {n: by_label[n].iloc[sum(sizes[n]) :] for n in LABELS}
         source = "what val and test leave"
 
+    if sample_seed is not None:
+        reshuffle = np.random.default_rng([cfg.split_seed, sample_seed])
+        pool = {n: _shuffled(pool[n], reshuffle) for n in LABELS}
     wanted = {"malignant": cfg.train_malignant, "benign": cfg.train_benign}
     if any(len(pool[n]) < wanted[n] for n in LABELS):
         have = " and ".join(f"{len(pool[n])} {n}" for n in LABELS)
@@ -126,7 +160,7 @@ def class_counts(sets: dict[str, pd.DataFrame]) -> dict[str, dict[str, int]]:
 
 
 # -----------------------------------------------------------------------------
-# loading: fetch concurrently, decode once into uint8 tensors kept for all epochs
+# loading: fetch what is not cached, decode in batches, one uint8 tensor for all epochs
 
 
 class UndecodableImage(Exception):
@@ -134,7 +168,7 @@ class UndecodableImage(Exception):
 
 
 def decode_image(raw: bytes, name: str) -> np.ndarray:
-    """Bytes of a 128x128 8-bit RGB image -> (128, 128, 3) uint8."""
+    """Bytes of a 128x128 8-bit RGB image -> (128, 128, 3) uint8, with PIL (any format)."""
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
@@ -153,16 +187,45 @@ def decode_image(raw: bytes, name: str) -> np.ndarray:
     return pixels
 
 
-@dataclass
-class ImageSet:
-    images: torch.Tensor  # (N, 3, 128, 128) uint8
-    labels: torch.Tensor  # (N,) float32, 1.0 = malignant
-    names: list[str]
+def _decode_chunk(raws: list[bytes], names: list[str]) -> list[np.ndarray | UndecodableImage]:
+    """JPEGs of the expected shape through libjpeg-turbo in one call; anything else (another
+    format, a grayscale or CMYK JPEG, a damaged file) through PIL, whose errors are the rules."""
+    jpegs = [i for i, raw in enumerate(raws) if raw[:3] == b"\xff\xd8\xff"]
+    fast: dict[int, np.ndarray] = {}
+    if jpegs:
+        try:
+            decoded = decode_jpeg([torch.frombuffer(bytearray(raws[i]), dtype=torch.uint8) for i in jpegs],
+                                  mode=ImageReadMode.UNCHANGED)
+            fast = {i: d.permute(1, 2, 0).numpy() for i, d in zip(jpegs, decoded)
+                    if d.shape == (3, IMAGE_SIZE, IMAGE_SIZE)}
+        except RuntimeError:  # one damaged JPEG fails the batch: PIL sorts them out one by one
+            pass
+    results = []
+    for i, (raw, name) in enumerate(zip(raws, names)):
+        if i in fast:
+            results.append(fast[i])
+            continue
+        try:
+            results.append(decode_image(raw, name))
+        except UndecodableImage as e:
+            results.append(e)
+    return results
 
 
-def check_images_exist(storage: Storage, sets: dict[str, pd.DataFrame]) -> None:
-    present = set(storage.list())
-    for df in sets.values():
+def decode_images(raws: list[bytes], names: list[str], threads: int = os.cpu_count() or 1) -> list:
+    """Decode many images on every core: (128, 128, 3) uint8 arrays, or UndecodableImage."""
+    chunks = [(raws[i::threads], names[i::threads]) for i in range(threads) if raws[i::threads]]
+    with ThreadPoolExecutor(threads) as pool:  # libjpeg-turbo releases the GIL
+        decoded = list(pool.map(lambda c: _decode_chunk(*c), chunks))
+    results = [None] * len(raws)
+    for i, chunk in enumerate(decoded):
+        results[i::threads] = chunk
+    return results
+
+
+def check_images_exist(storage: Storage, present: dict[str, str], sets: list[pd.DataFrame]) -> None:
+    """Every listed image is among the objects `present` (the listing), before any download."""
+    for df in sets:
         missing = df[~df["image"].isin(present)]
         if len(missing):
             row = missing.iloc[0]
@@ -173,31 +236,86 @@ def check_images_exist(storage: Storage, sets: dict[str, pd.DataFrame]) -> None:
             )
 
 
+@dataclass
+class LoadedImages:
+    images: torch.Tensor  # (N, 3, 128, 128) uint8 with channels-last strides, one row per decodable image
+    names: list[str]  # of each row
+    skipped: list[str]  # asked for but undecodable
+    downloaded: int  # objects fetched from storage (0 on a warm re-run)
+    decoded: int  # images decoded (0 on a warm re-run)
+
+    def rows(self, names) -> torch.Tensor:
+        """Row numbers of these names in `images` (names that were skipped are left out)."""
+        position = {n: i for i, n in enumerate(self.names)}
+        return torch.tensor([position[n] for n in names if n in position], dtype=torch.int64)
+
+
 def load_images(
-    storage: Storage, sets: dict[str, pd.DataFrame], workers: int, max_skipped: float
-) -> tuple[dict[str, ImageSet], list[str]]:
-    """Fetch and decode every image of every split; returns the sets and what was skipped."""
-    names = [name for df in sets.values() for name in df["image"]]
-    raw = storage.get_many(names, workers=workers)
-    skipped, pixels = [], {}
-    for name in names:
+    storage: Storage,
+    manifest: pd.DataFrame,
+    names: list[str],
+    versions: dict[str, str],
+    cache: Path | None,
+    manifest_digest: str,
+    workers: int,
+    deadline: float,
+    max_skipped: float,
+) -> LoadedImages:
+    """Every image a job needs, decoded; only what the cache lacks is fetched and decoded.
+
+    `versions` (key -> ETag, or size and mtime) say whether a cached copy is still current.
+    """
+    row_of = {name: i for i, name in enumerate(manifest["image"])}
+    objects, decoded_cache = _object_cache(cache, storage), None
+    if objects:
         try:
-            pixels[name] = decode_image(raw[name], storage.describe(name))
-        except UndecodableImage as e:
-            log.warning("skipping undecodable image %s", e)
-            skipped.append(name)
+            decoded_cache = DecodedImages(cache, storage.uri, manifest_digest, len(manifest))
+        except OSError as e:
+            log.warning("not caching decoded images in %s: %s", cache, e)
+    # One array for the result, filled in place: the decoded images are held once.
+    pixels = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    with decoded_cache.locked() if decoded_cache else contextlib.nullcontext():
+        status = decoded_cache.known([row_of[n] for n in names], [versions[n] for n in names]) if decoded_cache else {}
+        todo = [i for i, n in enumerate(names) if row_of[n] not in status]
+        raw = {}
+        for i in todo:
+            if objects and (data := objects.get(names[i], versions[names[i]])) is not None:
+                raw[names[i]] = data
+        fetch = [names[i] for i in todo if names[i] not in raw]
+        if fetch:
+            log.info("fetching %d of %d images from %s", len(fetch), len(names), storage.uri)
+            raw |= storage.get_many(fetch, workers=workers, deadline=deadline)
+            if objects:
+                for n in fetch:
+                    objects.put(n, versions[n], raw[n])
+        results = decode_images([raw[names[i]] for i in todo], [storage.describe(names[i]) for i in todo])
+        for i, result in zip(todo, results):
+            if isinstance(result, UndecodableImage):
+                status[row_of[names[i]]] = f"undecodable: {result}"
+            else:
+                pixels[i], status[row_of[names[i]]] = result, OK
+        del raw, results
+        if decoded_cache and todo:
+            try:
+                decoded_cache.store([row_of[names[i]] for i in todo], [versions[names[i]] for i in todo],
+                                    [status[row_of[names[i]]] for i in todo], pixels, at=todo)
+            except OSError as e:
+                log.warning("could not cache decoded images in %s: %s", cache, e)
+        fresh = set(todo)
+        cached = [i for i, n in enumerate(names) if status[row_of[n]] == OK and i not in fresh]
+        if cached:
+            decoded_cache.read([row_of[names[i]] for i in cached], into=pixels, at=cached)
+    skipped = [n for n in names if status[row_of[n]] != OK]
+    for n in skipped:
+        log.warning("skipping undecodable image %s", status[row_of[n]].removeprefix("undecodable: "))
     if len(skipped) > max_skipped * len(names):
         raise RatioCnnError(
             f"{len(skipped)} of {len(names)} images could not be decoded (first: {storage.describe(skipped[0])}), "
             f"more than the {max_skipped:.1%} --max-skipped allows: replace or remove them from the manifest"
         )
-    loaded = {}
-    for split, df in sets.items():
-        kept = df[df["image"].isin(pixels)]
-        stack = np.stack([pixels[n] for n in kept["image"]])  # (N, 128, 128, 3)
-        loaded[split] = ImageSet(
-            images=torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous(),
-            labels=torch.tensor([LABELS[label] for label in kept["label"]], dtype=torch.float32),
-            names=list(kept["image"]),
-        )
-    return loaded, skipped
+    keep = [i for i, n in enumerate(names) if status[row_of[n]] == OK]
+    if len(keep) < len(names):
+        pixels = pixels[keep]
+    # (N, 128, 128, 3) viewed as (N, 3, 128, 128): channels-last strides, no copy.
+    return LoadedImages(torch.from_numpy(pixels).permute(0, 3, 1, 2), [names[i] for i in keep], skipped,
+                        downloaded=len(fetch), decoded=len(todo))

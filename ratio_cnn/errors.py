@@ -8,3 +8,7 @@ class RatioCnnError(Exception):
 
 class StorageUnavailable(RatioCnnError):
     """Object storage could not be reached or answered with a server error: worth a retry."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, Kubernetes): stops a job the way Ctrl-C does, and says so."""

@@ -4,14 +4,15 @@ import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 from torch import nn
 
-from ratio_cnn.train import normalise
+from ratio_cnn.train import autocast, normalise
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(N, 3, 128, 128) uint8 on the model's device -> (N,) logits."""
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int, precision: str = "fp32") -> torch.Tensor:
+    """(N, 3, 128, 128) uint8 on the model's device -> (N,) float32 logits."""
     model.eval()
-    return torch.cat([model(normalise(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+    with autocast(images.device, precision):
+        return torch.cat([model(normalise(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)])
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
@@ -38,10 +39,11 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
     }
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, threshold: float) -> dict:
-    """Loss and every metric of one split, plus the per-image probabilities."""
-    logits = predict(model, images, batch_size)
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, threshold: float,
+             precision: str = "fp32") -> tuple[dict, np.ndarray]:
+    """Loss and every metric of one split, and the per-image logits."""
+    logits = predict(model, images, batch_size, precision)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
-    probabilities = torch.sigmoid(logits).float().cpu().numpy()
-    metrics = {"loss": loss, **binary_metrics(labels.cpu().numpy(), probabilities, threshold)}
-    return metrics | {"probabilities": probabilities}
+    logits = logits.cpu().numpy()
+    probabilities = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    return {"loss": loss, **binary_metrics(labels.cpu().numpy(), probabilities, threshold)}, logits

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.model import IMAGE_SIZE
-from ratio_cnn.storage import open_storage
+from ratio_cnn.storage import key_problem, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,16 @@ def find_folder_images(src: Path) -> list[tuple[Path, str, str]]:
         if not folder.is_dir():
             raise RatioCnnError(f"{src} has no {label}/ subfolder: give a folder with benign/ and malignant/, or --csv")
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            check_inside(path, src)
             found.append((path, label, f"{label}/{path.relative_to(folder).with_suffix('.jpg').as_posix()}"))
     return found
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a file that a symlink takes outside the source folder: nothing is read from elsewhere."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise RatioCnnError(f"{path} leads outside {root} (to {path.resolve()}): copy the image into the source "
+                            "folder instead of linking it")
 
 
 def find_csv_images(csv: Path, images: Path) -> list[tuple[Path, str, str]]:
@@ -64,10 +72,13 @@ def find_csv_images(csv: Path, images: Path) -> list[tuple[Path, str, str]]:
         if label is None:
             allowed = ", ".join(sorted(set(LABEL_COLUMNS[label_col])))
             raise RatioCnnError(f"{csv} line {line}: {label_col} is {raw_label!r} for {image_id}; expected one of {allowed}")
+        if problem := key_problem(image_id):
+            raise RatioCnnError(f"{csv} line {line}: image id {image_id!r} {problem}: ids name files inside {images}")
         candidates = [images / image_id] + [images / f"{image_id}{s}" for s in IMAGE_SUFFIXES]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise RatioCnnError(f"{csv} line {line}: no image {image_id}(.jpg, .png, …) in {images}: add it or drop the row")
+        check_inside(path, images)
         found.append((path, label, f"{label}/{Path(image_id).with_suffix('.jpg').as_posix()}"))
     return found
 

@@ -1,4 +1,4 @@
-"""Figures, written as PNG files: confusion matrices, training curves, metrics by ratio."""
+"""Figures, written as PNG files: confusion matrices, training curves, metrics by ratio, ROC and PR."""
 from pathlib import Path
 
 import matplotlib
@@ -47,18 +47,73 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def metrics_by_ratio(summary: pd.DataFrame, ratios: list[float], path: Path) -> None:
-    """Each test and val metric against the benign:malignant ratio, one panel per metric."""
+def training_curves_by_seed(histories: dict[int, pd.DataFrame], title: str, path: Path) -> None:
+    """Loss and accuracy per epoch: the mean over seeds, with a band from the lowest to the highest seed."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for split in ("train", "val"):
+            table = pd.concat({s: h.set_index("epoch")[f"{split}_{metric}"] for s, h in histories.items()}, axis=1)
+            line = ax.plot(table.index, table.mean(axis=1), marker="o", label=f"{split} (mean)")[0]
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{title}: {len(histories)} seeds (band: lowest to highest)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def metrics_by_ratio(series: dict[str, dict[str, list]], ratios: list[float], path: Path) -> None:
+    """Each metric against the ratio, one panel per metric, with 95% interval error bars.
+
+    series: label (e.g. "test") -> metric -> [(mean, low, high) per ratio]; low/high may be None.
+    """
     metrics = ["accuracy", "precision", "recall", "f1", "roc_auc", "average_precision"]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), sharex=True)
     for ax, metric in zip(axes.flat, metrics):
-        for split in ("val", "test"):
-            ax.plot(ratios, summary[f"{split}_{metric}"].astype(float), marker="o", label=split)
+        for offset, (label, by_metric) in enumerate(series.items()):
+            points = by_metric[metric]
+            mean = [p[0] for p in points]
+            below = [p[0] - p[1] if p[1] is not None else 0 for p in points]
+            above = [p[2] - p[0] if p[2] is not None else 0 for p in points]
+            x = [i + 0.08 * (offset - (len(series) - 1) / 2) for i in range(len(ratios))]
+            ax.errorbar(x, mean, yerr=[below, above], marker="o", capsize=3, label=label)
         ax.set_title(metric.replace("_", " "))
-        ax.set_xticks(ratios, [f"1:{r:g}" for r in ratios])
+        ax.set_xticks(range(len(ratios)), [f"1:{r:g}" for r in ratios])
         ax.grid(alpha=0.3)
-    axes.flat[0].legend()
-    fig.suptitle("Metrics by malignant:benign training ratio")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Metrics by malignant:benign training ratio (mean over seeds, 95% interval over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curve_bands(bands: dict[str, tuple], kind: str, path: Path, baseline: float | None = None) -> None:
+    """ROC or precision-recall curves, one per model, each the mean over seeds with a min-max band.
+
+    bands: label -> (grid, mean, low, high) from ratio_cnn.stats; kind: "roc" or "pr".
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for label, (grid, mean, low, high) in bands.items():
+        line = ax.plot(grid, mean, label=label)[0]
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.18)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate (recall)")
+        ax.set_title("ROC, test (band: lowest to highest seed)")
+    else:
+        if baseline is not None:  # a classifier that ranks at random
+            ax.axhline(baseline, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title("Precision-recall, test (band: lowest to highest seed)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

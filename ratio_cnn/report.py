@@ -1,81 +1,96 @@
 """The study's markdown report, built only from what the jobs of one run wrote.
 
-A run folder `<out>/<run-id>/` holds `run.json` (the ratios the study asked for, written
-by the flow; optional) and one `ratio-<N>/` per job with `metrics.json` when it
-finished or `error.json` when it failed. `write_report` adds `metrics_by_ratio.png` and
-`report.md` there.
+`write_report` reads the run folder (results.py), has every number computed by
+analysis.py (through stats.py), draws the figures (plots.py) and writes `report.md`
+beside them. This module only turns those numbers into text.
 """
-import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from ratio_cnn import plots
+from ratio_cnn.analysis import BASELINE, COMPARED, RESAMPLES, Analysis, Comparison, VariantAnalysis, analyse
 from ratio_cnn.config import ratio_name
-from ratio_cnn.errors import RatioCnnError
-from ratio_cnn.job import ERROR, METRICS
+from ratio_cnn.results import RatioResult, collect
+from ratio_cnn.stats import Interval, verdict
 from ratio_cnn.storage import Storage, open_storage
 
-RUN_FILE = "run.json"
 REPORT = "report.md"
-METRICS_FIGURE = "metrics_by_ratio.png"
-SUMMARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
+FIGURES = {"metrics": "metrics_by_ratio.png", "roc": "roc.png", "pr": "pr.png"}
+NAMES = {"loss": "loss", "accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "F1",
+         "roc_auc": "ROC-AUC", "average_precision": "AP"}
 
 
 @dataclass
-class RatioResult:
-    ratio: float
-    metrics: dict | None  # metrics.json when the job finished
-    failure: str | None  # why not, when it did not
-
-    @property
-    def folder(self) -> str:
-        return f"ratio-{ratio_name(self.ratio)}"
+class WrittenReport:
+    uri: str  # of report.md
+    markdown: str
+    results: list[RatioResult]
+    analysis: Analysis | None
 
 
-def collect(run: Storage) -> tuple[dict, list[RatioResult]]:
-    """Every ratio of the run: asked for in run.json, or found as a ratio-<N>/ folder."""
-    meta = json.loads(run.get(RUN_FILE)) if run.exists(RUN_FILE) else {}
-    keys = run.list()
-    found = {float(m.group(1)) for k in keys if (m := re.match(r"ratio-([0-9.]+)/", k))}
-    ratios = sorted(found | {float(r) for r in meta.get("ratios", [])})
-    if not ratios:
-        raise RatioCnnError(f"{run.uri} holds no ratio-<N>/ folders: is it a run folder (<out>/<run-id>)?")
-    results = []
-    for ratio in ratios:
-        folder = f"ratio-{ratio_name(ratio)}"
-        if f"{folder}/{METRICS}" in keys:
-            results.append(RatioResult(ratio, json.loads(run.get(f"{folder}/{METRICS}")), None))
-        elif f"{folder}/{ERROR}" in keys:
-            results.append(RatioResult(ratio, None, json.loads(run.get(f"{folder}/{ERROR}"))["error"]))
-        else:
-            results.append(RatioResult(ratio, None, "no metrics.json: the job did not finish (it may still be running)"))
-    return meta, results
+def write_report(run_uri: str) -> WrittenReport:
+    """Write the figures and report.md into the run folder."""
+    run = open_storage(run_uri)
+    meta, results = collect(run)
+    run_id = meta.get("run_id") or run_uri.rstrip("/").rsplit("/", 1)[-1]
+    done = [r for r in results if r.metrics]
+    analysis = analyse(run, results, done[0].metrics["config"]["threshold"]) if done else None
+    if analysis:
+        draw_figures(run, analysis)
+    markdown = render_markdown(str(run_id), results, analysis)
+    run.put(REPORT, markdown.encode())
+    return WrittenReport(run.describe(REPORT), markdown, results, analysis)
 
 
-def summary_rows(results: list[RatioResult]) -> list[dict]:
+def draw_figures(run: Storage, analysis: Analysis) -> None:
+    baseline = [analysis.cells[(r, analysis.baseline)] for r in analysis.ratios if (r, analysis.baseline) in analysis.cells]
+    series = {split: {m: [_triple(c.seed_intervals[split][m]) for c in baseline] for m in COMPARED + ("accuracy",)}
+              for split in ("val", "test")}
+    positives = baseline[0].test.labels.mean()
+    with tempfile.TemporaryDirectory(prefix="ratio-cnn-report-") as tmp:
+        paths = {k: Path(tmp) / name for k, name in FIGURES.items()}
+        plots.metrics_by_ratio(series, [c.ratio for c in baseline], paths["metrics"])
+        plots.curve_bands({c.label: c.roc for c in baseline}, "roc", paths["roc"])
+        plots.curve_bands({c.label: c.pr for c in baseline}, "pr", paths["pr"], baseline=positives)
+        for key, path in paths.items():
+            run.put(FIGURES[key], path.read_bytes())
+
+
+def _triple(i: Interval | None) -> tuple:
+    return (float("nan"), None, None) if i is None else (i.mean, i.low, i.high)
+
+
+def summary_rows(written: "WrittenReport") -> list[dict]:
+    """One row per ratio and variant (the Prefect table artifact): test means with their intervals."""
     rows = []
-    for r in results:
-        row = {"ratio": f"1:{ratio_name(r.ratio)}", "status": "ok" if r.metrics else "failed"}
-        if r.metrics:
-            train = r.metrics["data"]["counts"]["train"]
-            row |= {"train_malignant": train["malignant"], "train_benign": train["benign"]}
-            for split in ("val", "test"):
-                row |= {f"{split}_loss": round(r.metrics[split]["loss"], 4)}
-                row |= {f"{split}_{m}": _round(r.metrics[split][m]) for m in SUMMARY_METRICS}
-        rows.append(row)
+    for r in written.results:
+        if not r.metrics:
+            rows.append({"ratio": f"1:{ratio_name(r.ratio)}", "variant": "", "status": "failed",
+                         "reason": r.failure})
+            continue
+        for v in r.variants:
+            cell = written.analysis.cells[(r.ratio, v.name)]
+            rows.append({"ratio": cell.label, "variant": v.name, "status": "ok", "seeds": len(cell.test.seeds),
+                         **{f"test {NAMES[m]}": fmt(cell.seed_intervals["test"][m]) for m in COMPARED}})
     return rows
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+# -----------------------------------------------------------------------------
+# text
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def fmt(i: Interval | None, digits: int = 3, percent: bool = False) -> str:
+    """`0.720 [0.700, 0.740]`; just the mean when there is no interval (one seed)."""
+    if i is None:
+        return "n/a"
+    scale, unit = (100, "%") if percent else (1, "")
+    mean = f"{scale * i.mean:.{digits}f}{unit}"
+    return mean if i.low is None else f"{mean} [{scale * i.low:.{digits}f}, {scale * i.high:.{digits}f}]"
+
+
+def signed(i: Interval) -> str:
+    return f"{i.mean:+.3f}" + ("" if i.low is None else f" [{i.low:+.3f}, {i.high:+.3f}]")
 
 
 def split_line(name: str, m: dict) -> str:
@@ -84,69 +99,208 @@ def split_line(name: str, m: dict) -> str:
             f"Recall: {m['recall']:.4f} | F1: {m['f1']:.4f}")
 
 
-def render_markdown(run_id: str, meta: dict, results: list[RatioResult]) -> str:
+def interval_line(seeds: int, intervals: dict) -> str:
+    cells = [f"{label} [{fmt_bound(intervals[m], scale)}]" for label, m, scale in
+             (("Loss", "loss", 1), ("Acc", "accuracy", 100), ("Precision", "precision", 1), ("Recall", "recall", 1),
+              ("F1", "f1", 1))]
+    return f"95% interval over {seeds} seeds: " + " | ".join(cells)
+
+
+def fmt_bound(i: Interval | None, scale: float) -> str:
+    if i is None or i.low is None:
+        return "n/a"
+    return f"{scale * i.low:.4f}, {scale * i.high:.4f}" if scale == 1 else f"{scale * i.low:.2f}%, {scale * i.high:.2f}%"
+
+
+def render_markdown(run_id: str, results: list[RatioResult], analysis: Analysis | None) -> str:
     done = [r for r in results if r.metrics]
     lines = [f"# Malignant:benign training ratio study — run `{run_id}`", ""]
-    if done:
-        first = done[0].metrics
-        cfg, env = first["config"], first["environment"]
-        lines += [
-            f"Data: `{first['data']['uri']}` (manifest {first['data']['manifest_digest'][:19]}…). "
-            f"SimpleCNN, {cfg['epochs']} epochs, batch {cfg['batch_size']}, Adam lr {cfg['lr']:g}, seed {cfg['seed']}, "
-            f"threshold {cfg['threshold']:g}; {env['device']}, torch {env['torch']}.",
-            "",
-        ]
-    lines += [f"{len(done)} of {len(results)} ratios finished.", "", "## Summary", ""]
-    lines += ["| ratio | train (malignant + benign) | val loss | val F1 | val ROC-AUC | test loss | test acc | "
-              "test precision | test recall | test F1 | test ROC-AUC | test AP |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if analysis:
+        lines += describe_run(done, analysis)
+    lines += [f"{len(done)} of {len(results)} ratios finished."
+              + ("" if len(done) == len(results) else " Failed or unfinished: " + ", ".join(
+                  f"1:{ratio_name(r.ratio)}" for r in results if not r.metrics) + " (reasons below)."), ""]
+    if analysis:
+        lines += findings(analysis)
+        lines += summary_tables(analysis)
+        lines += operating_points(analysis)
+        if len(analysis.variant_names) > 1:
+            lines += variants_section(analysis)
     for r in results:
-        if not r.metrics:
-            lines.append(f"| 1:{ratio_name(r.ratio)} | failed | | | | | | | | | | |")
-            continue
-        m, train = r.metrics, r.metrics["data"]["counts"]["train"]
-        v, t = m["val"], m["test"]
-        lines.append(
-            f"| 1:{ratio_name(r.ratio)} | {train['malignant']} + {train['benign']} | {v['loss']:.4f} | {v['f1']:.4f} | "
-            f"{_fmt(v['roc_auc'])} | {t['loss']:.4f} | {100 * t['accuracy']:.2f}% | {t['precision']:.4f} | "
-            f"{t['recall']:.4f} | {t['f1']:.4f} | {_fmt(t['roc_auc'])} | {_fmt(t['average_precision'])} |"
-        )
-    if done:
-        lines += ["", f"![Metrics by ratio]({METRICS_FIGURE})"]
-    for r in results:
-        lines.append("")
-        if not r.metrics:
-            lines += [f"## 1:{ratio_name(r.ratio)} ratio — failed", "", f"Reason: {r.failure}"]
-            continue
-        train = r.metrics["data"]["counts"]["train"]
-        skipped = r.metrics["data"]["skipped_images"]
-        lines += [f"## 1:{ratio_name(r.ratio)} ratio ({train['malignant']} malignant, {train['benign']} benign)", "",
-                  split_line("Val", r.metrics["val"]), "", split_line("Test", r.metrics["test"]), ""]
-        if skipped:
-            lines += [f"{len(skipped)} undecodable images skipped: {', '.join(skipped[:5])}", ""]
-        lines += [f"![1:{ratio_name(r.ratio)} confusion matrices]({r.folder}/confusion_matrix.png)", "",
-                  f"![1:{ratio_name(r.ratio)} training curves]({r.folder}/curves.png)"]
+        lines += ratio_section(r, analysis)
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class WrittenReport:
-    uri: str  # of report.md
-    markdown: str
-    results: list[RatioResult]
+def describe_run(done: list[RatioResult], analysis: Analysis) -> list[str]:
+    first = done[0].metrics
+    cfg, env, counts = first["config"], first["environment"], first["data"]["counts"]
+    seeds = cfg["seeds"]
+    design = ("paired: every seed of every ratio trains on the same sample of images, and seed s starts from the "
+              "same weights at every ratio" if cfg.get("sample", "fixed") == "fixed" else
+              "per-seed samples: each seed redraws the training sample (val and test stay fixed), so differences "
+              "between ratios also carry sampling noise")
+    return [
+        f"Data: `{first['data']['uri']}` (manifest {first['data']['manifest_digest'][:19]}…). "
+        f"Models: {', '.join(analysis.variant_names)} (strategy/model); {cfg['epochs']} epochs, batch "
+        f"{cfg['batch_size']}, Adam lr {cfg['lr']:g}; {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
+        f"threshold {cfg['threshold']:g}; {env['device']} ({env.get('precision', 'fp32')}), torch {env['torch']}.",
+        "",
+        f"Evaluation: val {counts['val']['malignant']} malignant + {counts['val']['benign']} benign, test "
+        f"{counts['test']['malignant']} + {counts['test']['benign']}, the same for every ratio and seed. "
+        f"Design: {design}.",
+        "",
+        "Intervals are 95%: `mean [low, high]` over seeds is a t interval (the training's own noise); the "
+        f"bootstrap intervals resample the test images ({RESAMPLES} stratified resamples: the evaluation set's "
+        "noise); differences between two models are paired on test images and seeds and resampled over both.",
+        "",
+    ]
 
 
-def write_report(run_uri: str) -> WrittenReport:
-    """Write metrics_by_ratio.png and report.md into the run folder."""
-    run = open_storage(run_uri)
-    meta, results = collect(run)
-    run_id = meta.get("run_id") or run_uri.rstrip("/").rsplit("/", 1)[-1]
-    rows = [row for row in summary_rows(results) if row["status"] == "ok"]
-    if rows:
-        with tempfile.TemporaryDirectory(prefix="ratio-cnn-report-") as tmp:
-            path = Path(tmp) / METRICS_FIGURE
-            plots.metrics_by_ratio(pd.DataFrame(rows), [r.ratio for r in results if r.metrics], path)
-            run.put(METRICS_FIGURE, path.read_bytes())
-    markdown = render_markdown(run_id, meta, results)
-    run.put(REPORT, markdown.encode())
-    return WrittenReport(run.describe(REPORT), markdown, results)
+def findings(a: Analysis) -> list[str]:
+    lines = ["## Findings", ""]
+    if not a.ratio_comparisons:
+        return lines + ["Fewer than two ratios finished: nothing to compare.", ""]
+    ranking = [c for c in a.ratio_comparisons if _real(c, "roc_auc") or _real(c, "average_precision")]
+    extremes = a.ratio_comparisons[0]
+    lines.append(f"In plain words (baseline {a.baseline}; A − B, so a positive number favours the first ratio):")
+    lines.append("")
+    for c in a.ratio_comparisons:
+        real = [NAMES[m] for m in COMPARED if verdict(c.differences[m]) == "real"]
+        noise = [NAMES[m] for m in COMPARED if verdict(c.differences[m]) != "real"]
+        said = []
+        if real:
+            said.append("real differences in " + ", ".join(
+                f"{NAMES[m]} ({signed(c.differences[m])})" for m in COMPARED if NAMES[m] in real))
+        if noise:
+            said.append("within noise for " + ", ".join(noise))
+        lines.append(f"- **{c.a} vs {c.b}**: " + "; ".join(said) + ".")
+    lines += [""]
+    lines.append("- **Ranking quality** (ROC-AUC, AP; no threshold): " + (
+        f"{len(ranking)} of {len(a.ratio_comparisons)} comparisons show a real difference." if ranking
+        else "no comparison shows a real difference: the ratios rank images equally well within the noise."))
+    corrected = a.corrected_comparisons[0]
+    ends = [a.cells[(r, a.baseline)] for r in (max(a.ratios), min(a.ratios))]
+    for metric in ("recall", "precision", "f1"):
+        before, after = extremes.differences[metric], corrected.differences[metric]
+        removed = 1 - abs(after.mean) / abs(before.mean) if abs(before.mean) > 1e-9 else float("nan")
+        values = ", ".join(f"{c.label} {c.operating_points['at_threshold'].test[metric].mean:.3f} → "
+                           f"{c.operating_points['prior_shift'].test[metric].mean:.3f}" for c in ends)
+        lines.append(
+            f"- **Operating point** ({NAMES[metric]}, {extremes.a} vs {extremes.b}): {signed(before)} at the "
+            f"threshold ({verdict(before)}), {signed(after)} after the prior-shift correction ({verdict(after)})"
+            + (f": the correction removes {100 * removed:.0f}% of the ratio's effect" if removed >= 0 else
+               ": the correction does not shrink it" if removed < 0 else "")
+            + f" ({NAMES[metric]} at the threshold → corrected: {values}).")
+    spread = max((c.seed_intervals["test"]["recall"] for c in a.cells.values()
+                  if c.variant.name == a.baseline and c.seed_intervals["test"]["recall"]),
+                 key=lambda i: (i.high or i.mean) - (i.low or i.mean))
+    tests = len(a.ratio_comparisons) * len(COMPARED)
+    lines += [
+        f"- **Noise**: with {spread.n} seeds the widest test-recall interval over seeds is {fmt(spread)}. "
+        f"These are {tests} intervals at 95%: about {0.05 * tests:.1f} could exclude 0 by chance alone, so a lone "
+        "borderline 'real' is weak evidence.",
+        "",
+        "| comparison | rule | " + " | ".join(NAMES[m] for m in COMPARED) + " |",
+        "|---|---|" + "---|" * len(COMPARED),
+    ]
+    for c in a.ratio_comparisons + a.corrected_comparisons:
+        rule = "0.5" if c.rule == "at_threshold" else "prior-shift"
+        lines.append(f"| {c.a} − {c.b} | {rule} | "
+                     + " | ".join(f"{signed(c.differences[m])} {_mark(c.differences[m])}" for m in COMPARED) + " |")
+    lines += ["", "✔ real (the interval excludes 0); · within noise. Threshold-free metrics do not depend on the rule.",
+              ""]
+    return lines
+
+
+def _real(c: Comparison, metric: str) -> bool:
+    return verdict(c.differences[metric]) == "real"
+
+
+def _mark(i: Interval) -> str:
+    return "✔" if verdict(i) == "real" else "·"
+
+
+def summary_tables(a: Analysis) -> list[str]:
+    cells = [a.cells[(r, a.baseline)] for r in a.ratios if (r, a.baseline) in a.cells]
+    lines = [f"## Summary ({a.baseline})", "", "Mean over seeds [95% t interval over seeds], test set:", "",
+             "| ratio | train (malignant + benign) | val loss | val F1 | test loss | test acc | test precision | "
+             "test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        v, t = c.seed_intervals["val"], c.seed_intervals["test"]
+        train = next(iter(c.variant.seeds.values()))["train"]
+        lines.append(f"| {c.label} | {train['malignant']} + {train['benign']} | {fmt(v['loss'])} | {fmt(v['f1'])} | "
+                     f"{fmt(t['loss'])} | {fmt(t['accuracy'], 2, True)} | {fmt(t['precision'])} | {fmt(t['recall'])} | "
+                     f"{fmt(t['f1'])} | {fmt(t['roc_auc'])} | {fmt(t['average_precision'])} |")
+    lines += ["", "The test set's own noise: mean over seeds [95% bootstrap interval over test images]:", "",
+              "| ratio | test precision | test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(f"| {c.label} | " + " | ".join(fmt(c.bootstrap[m]) for m in ("precision", "recall", "f1", "roc_auc",
+                                                                                   "average_precision")) + " |")
+    lines += ["", f"![Metrics by ratio]({FIGURES['metrics']})", "", "## Threshold-free view", "",
+              f"![ROC curves]({FIGURES['roc']}) ![Precision-recall curves]({FIGURES['pr']})", ""]
+    return lines
+
+
+def operating_points(a: Analysis) -> list[str]:
+    lines = ["## Operating points", "",
+             "Thresholds chosen on val for each seed, applied to test; mean over seeds [95% t interval]. The "
+             "prior-shift correction moves each logit by log(evaluation odds) − log(training odds) before 0.5, so a "
+             "model trained at 1:1 is not judged at a threshold meant for 1:1 data.", "",
+             "| ratio | rule | threshold | test precision | test recall | test F1 |", "|---|---|---|---|---|---|"]
+    for r in a.ratios:
+        cell = a.cells.get((r, a.baseline))
+        if not cell:
+            continue
+        for point in cell.operating_points.values():
+            lines.append(f"| {cell.label} | {point.rule} | {fmt(point.threshold)} | {fmt(point.test['precision'])} | "
+                         f"{fmt(point.test['recall'])} | {fmt(point.test['f1'])} |")
+    return lines + [""]
+
+
+def variants_section(a: Analysis) -> list[str]:
+    lines = ["## Strategies and models", "",
+             f"Every variant at every ratio, against {a.baseline} at the same ratio (paired on test images and seeds).",
+             "", "| ratio | strategy | model | test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|---|"]
+    for name in a.variant_names:
+        for r in a.ratios:
+            if cell := a.cells.get((r, name)):
+                t = cell.seed_intervals["test"]
+                lines.append(f"| {cell.label} | {cell.variant.strategy} | {cell.variant.model} | {fmt(t['recall'])} | "
+                             f"{fmt(t['f1'])} | {fmt(t['roc_auc'])} | {fmt(t['average_precision'])} |")
+    lines += ["", "| comparison | " + " | ".join(NAMES[m] for m in COMPARED) + " |", "|---|" + "---|" * len(COMPARED)]
+    for c in a.variant_comparisons:
+        lines.append(f"| {c.a} − {c.b.split(' ')[1]} | "
+                     + " | ".join(f"{signed(c.differences[m])} {_mark(c.differences[m])}" for m in COMPARED) + " |")
+    better = [c for c in a.variant_comparisons if any(_real(c, m) and c.differences[m].mean > 0 for m in
+                                                         ("roc_auc", "average_precision"))]
+    worse = [c for c in a.variant_comparisons if any(_real(c, m) and c.differences[m].mean < 0 for m in
+                                                        ("roc_auc", "average_precision"))]
+    lines += ["", "In plain words: " + (
+        "ranks better than the baseline (a real gain in ROC-AUC or AP): " + ", ".join(c.a for c in better) + ". "
+        if better else "no variant ranks better than the baseline beyond the noise. ") + (
+        "Ranks worse: " + ", ".join(c.a for c in worse) + "." if worse else "None ranks worse beyond the noise."), ""]
+    return lines
+
+
+def ratio_section(r: RatioResult, a: Analysis | None) -> list[str]:
+    label = f"1:{ratio_name(r.ratio)}"
+    if not r.metrics:
+        return [f"## {label} ratio — failed", "", f"Reason: {r.failure}", ""]
+    train = r.metrics["data"]["counts"]["train"]
+    skipped = r.metrics["data"]["skipped_images"]
+    lines = [f"## {label} ratio ({train['malignant']} malignant, {train['benign']} benign)", ""]
+    if skipped:
+        lines += [f"{len(skipped)} undecodable images skipped: {', '.join(skipped[:5])}", ""]
+    for variant in r.variants:
+        cell = a.cells[(r.ratio, variant.name)]
+        seeds = cell.test.seeds
+        if len(r.variants) > 1 or variant.name != BASELINE:
+            lines += [f"### {variant.strategy}, {variant.model}", ""]
+        for split, name in (("val", "Val"), ("test", "Test")):
+            means = {m: i.mean for m, i in cell.seed_intervals[split].items() if i is not None}
+            lines += [split_line(name, means), "", interval_line(len(seeds), cell.seed_intervals[split]), ""]
+        folder = f"{r.folder}/{variant.name}"
+        lines += [f"![{label} confusion matrices, seed {seeds[0]}]({folder}/confusion_matrix.png)", "",
+                  f"![{label} training curves, seed {seeds[0]}]({folder}/curves.png)", "",
+                  f"![{label} training curves, every seed]({folder}/curves_by_seed.png)", ""]
+    return lines

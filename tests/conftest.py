@@ -62,6 +62,12 @@ def s3(moto_endpoint, monkeypatch):
     return boto3.client("s3", endpoint_url=moto_endpoint)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Jobs cache images under RATIO_CNN_CACHE: the tests' own folder, never the user's ~/.cache."""
+    os.environ["RATIO_CNN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ratio_cnn.job import OUTPUTS
+from ratio_cnn.job_folder import SEED_FILES
 from ratio_cnn.model import SimpleCNN
 from ratio_cnn.storage import open_storage
 from conftest import SMALL_SPLITS, run_cli
@@ -17,60 +17,72 @@ pytestmark = pytest.mark.slow
 FAST = ["--epochs", "2", "--batch-size", "16", *SMALL_SPLITS]
 
 
-def check_job_outputs(storage, prefix: str, ratio: int) -> dict:
-    """Every output the issue lists, with contents that agree with one another."""
-    assert {f"{prefix}/{name}" for name in (*OUTPUTS, "metrics.json")} <= set(storage.list(prefix))
+def check_job_outputs(storage, prefix: str, ratio: int, seeds=(0,)) -> dict:
+    """Every output of the job, per seed and per variant, with contents that agree with one another."""
+    keys = set(storage.list(prefix))
+    variant = f"{prefix}/none/simple"
+    expected = {f"{prefix}/metrics.json", f"{prefix}/claim.json",
+                *(f"{variant}/{name}" for name in ("confusion_matrix.png", "curves.png", "curves_by_seed.png")),
+                *(f"{variant}/seed-{s}/{name}" for s in seeds for name in (*SEED_FILES, "metrics.json"))}
+    assert expected <= keys, sorted(expected - keys)
+    assert not any(k.endswith("checkpoint.pt") for k in keys)  # removed once a seed is done
     metrics = json.loads(storage.get(f"{prefix}/metrics.json"))
     counts = metrics["data"]["counts"]
     assert counts["train"] == {"malignant": 12, "benign": 12 * ratio}
     assert counts["val"] == counts["test"] == {"malignant": 6, "benign": 20}
-    for split in ("val", "test"):
-        m = metrics[split]
-        assert set(m) >= {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision",
-                          "confusion_matrix", "threshold"}
-        assert sum(m["confusion_matrix"].values()) == 26
-        assert 0 <= m["roc_auc"] <= 1
+    [v] = metrics["variants"]
+    assert (v["strategy"], v["model"], sorted(v["seeds"])) == ("none", "simple", [str(s) for s in seeds])
+    for seed in seeds:
+        seed_metrics = json.loads(storage.get(f"{variant}/seed-{seed}/metrics.json"))
+        assert seed_metrics == v["seeds"][str(seed)]
+        for split in ("val", "test"):
+            m = seed_metrics[split]
+            assert set(m) >= {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision",
+                              "confusion_matrix", "threshold"}
+            assert sum(m["confusion_matrix"].values()) == 26
+            assert 0 <= m["roc_auc"] <= 1
+        history = pd.read_csv(io.BytesIO(storage.get(f"{variant}/seed-{seed}/history.csv")))
+        assert list(history.columns[:5]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+        assert list(history["epoch"]) == [1, 2]
+        assert history["val_loss"].iloc[-1] == pytest.approx(seed_metrics["val"]["loss"], rel=1e-5)
+        predictions = pd.read_csv(io.BytesIO(storage.get(f"{variant}/seed-{seed}/predictions.csv")))
+        assert list(predictions.columns) == ["split", "image", "label", "logit", "probability"]
+        assert predictions.groupby("split").size().to_dict() == {"test": 26, "val": 26}
+        test = predictions[predictions["split"] == "test"]
+        cm = seed_metrics["test"]["confusion_matrix"]
+        assert int((test["probability"] >= 0.5).sum()) == cm["tp"] + cm["fp"]
+        state = torch.load(io.BytesIO(storage.get(f"{variant}/seed-{seed}/model.pt")), weights_only=True)
+        SimpleCNN().load_state_dict(state)
+    summary = v["summary"]["test"]["f1"]
+    assert summary["n"] == len(seeds)
+    assert summary["mean"] == pytest.approx(sum(v["seeds"][str(s)]["test"]["f1"] for s in seeds) / len(seeds))
+    for figure in ("confusion_matrix.png", "curves.png", "curves_by_seed.png"):
+        assert Image.open(io.BytesIO(storage.get(f"{variant}/{figure}"))).size[0] > 300
     assert metrics["data"]["manifest_digest"].startswith("sha256:")
     assert metrics["config"]["ratio"] == ratio and metrics["environment"]["torch"] == torch.__version__
-    assert metrics["timings"]["train_seconds"] > 0
-
-    history = pd.read_csv(io.BytesIO(storage.get(f"{prefix}/history.csv")))
-    assert list(history.columns[:5]) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
-    assert list(history["epoch"]) == [1, 2]
-    assert history["val_loss"].iloc[-1] == pytest.approx(metrics["val"]["loss"], rel=1e-5)
-
-    predictions = pd.read_csv(io.BytesIO(storage.get(f"{prefix}/predictions.csv")))
-    assert list(predictions.columns) == ["split", "image", "label", "probability"]
-    assert predictions.groupby("split").size().to_dict() == {"test": 26, "val": 26}
-    test = predictions[predictions["split"] == "test"]
-    predicted_positive = int((test["probability"] >= 0.5).sum())
-    cm = metrics["test"]["confusion_matrix"]
-    assert predicted_positive == cm["tp"] + cm["fp"]
-
-    for figure in ("confusion_matrix.png", "curves.png"):
-        assert Image.open(io.BytesIO(storage.get(f"{prefix}/{figure}"))).size[0] > 300
-
-    state = torch.load(io.BytesIO(storage.get(f"{prefix}/model.pt")), weights_only=True)
-    SimpleCNN().load_state_dict(state)
+    assert json.loads(storage.get(f"{prefix}/claim.json"))["state"] == "finished"
     return metrics
 
 
 def test_train_from_local_folders(small_dataset, tmp_path):
-    result = run_cli("train", "--ratio", "2", "--data", str(small_dataset), "--out", str(tmp_path / "out"),
-                     "--run-id", "r1", "--device", "cpu", *FAST)
+    out = tmp_path / "out"
+    result = run_cli("train", "--ratio", "2", "--data", str(small_dataset), "--out", str(out),
+                     "--run-id", "r1", "--device", "cpu", "--seeds", "0,3", *FAST)
     assert result.returncode == 0, result.stderr
-    metrics = check_job_outputs(open_storage(str(tmp_path / "out")), "r1/ratio-2", ratio=2)
+    metrics = check_job_outputs(open_storage(str(out)), "r1/ratio-2", ratio=2, seeds=(0, 3))
+    seed_zero = metrics["variants"][0]["seeds"]["0"]
 
-    # Same seed on the CPU, same metrics.
-    again = run_cli("train", "--ratio", "2", "--data", str(small_dataset), "--out", str(tmp_path / "out"),
+    # Same seed on the CPU, same metrics, whatever other seeds run beside it.
+    again = run_cli("train", "--ratio", "2", "--data", str(small_dataset), "--out", str(out),
                     "--run-id", "r2", "--device", "cpu", *FAST)
     assert again.returncode == 0, again.stderr
-    repeat = json.loads((tmp_path / "out/r2/ratio-2/metrics.json").read_text())
+    assert "(0 downloaded, 0 decoded" in again.stderr  # the images came from the cache
+    repeat = json.loads((out / "r2/ratio-2/none/simple/seed-0/metrics.json").read_text())
     for split in ("val", "test"):
-        assert repeat[split] == metrics[split]
+        assert repeat[split] == seed_zero[split]
 
     # A finished job is never overwritten.
-    third = run_cli("train", "--ratio", "2", "--data", str(small_dataset), "--out", str(tmp_path / "out"),
+    third = run_cli("train", "--ratio", "2", "--data", str(small_dataset), "--out", str(out),
                     "--run-id", "r1", *FAST)
     assert third.returncode == 2 and "already exists" in third.stderr
 

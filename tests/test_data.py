@@ -41,13 +41,31 @@ def test_benign_training_sets_are_nested_and_malignant_identical():
     assert malignant[1] == malignant[2] == malignant[3] == malignant[5]
 
 
-def test_split_seed_changes_the_split_and_seed_does_not():
+def test_split_seed_changes_the_split_and_seeds_do_not():
     manifest = study_manifest()
-    base = split_and_sample(manifest, TrainConfig(ratio=1), "ds")["val"]["image"]
-    other_seed = split_and_sample(manifest, TrainConfig(ratio=1, seed=7), "ds")["val"]["image"]
-    other_split = split_and_sample(manifest, TrainConfig(ratio=1, split_seed=7), "ds")["val"]["image"]
-    assert list(base) == list(other_seed)
-    assert set(base) != set(other_split)
+    base = split_and_sample(manifest, TrainConfig(ratio=1), "ds")
+    other_seeds = split_and_sample(manifest, TrainConfig(ratio=1, seeds=[7, 8]), "ds")
+    other_split = split_and_sample(manifest, TrainConfig(ratio=1, split_seed=7), "ds")
+    for split in ("train", "val", "test"):
+        assert list(base[split]["image"]) == list(other_seeds[split]["image"])
+    assert set(base["val"]["image"]) != set(other_split["val"]["image"])
+
+
+def test_per_seed_samples_redraw_training_only_and_stay_nested():
+    manifest = study_manifest()
+    fixed = split_and_sample(manifest, TrainConfig(ratio=1), "ds")
+    by_seed = {s: {r: split_and_sample(manifest, TrainConfig(ratio=r), "ds", sample_seed=s) for r in (1, 2)}
+               for s in (0, 1)}
+    for s, by_ratio in by_seed.items():
+        for split in ("val", "test"):
+            assert list(by_ratio[1][split]["image"]) == list(fixed[split]["image"])
+        train = {r: sets["train"] for r, sets in by_ratio.items()}
+        benign = {r: set(df[df["label"] == "benign"]["image"]) for r, df in train.items()}
+        malignant = {r: set(df[df["label"] == "malignant"]["image"]) for r, df in train.items()}
+        assert benign[1] < benign[2] and malignant[1] == malignant[2]
+        assert class_counts({"train": by_ratio[1]["train"]})["train"] == {"benign": 293, "malignant": 293}
+    assert set(by_seed[0][1]["train"]["image"]) != set(by_seed[1][1]["train"]["image"])
+    assert set(by_seed[0][1]["train"]["image"]) != set(fixed["train"]["image"])
 
 
 def test_split_column_is_used_as_given():
@@ -97,8 +115,33 @@ def test_labels_are_case_and_space_insensitive_and_extra_columns_kept():
     (dict(ratio=0), r"ratio must be a positive number"),
     (dict(ratio=float("inf")), r"ratio must be a positive number"),
     (dict(ratio=1, device="tpu"), r"device must be one of auto, cpu, cuda, got 'tpu'"),
-    (dict(ratio=1, run_id="a/b"), r"without '/'"),
+    (dict(ratio=1, run_id="a/b"), r"run id 'a/b' is not a valid name"),
+    (dict(ratio=1, run_id=".."), r"run id '..' is not a valid name"),
+    (dict(ratio=1, run_id="x" * 101), r"is not a valid name: use 1-100 letters"),
+    (dict(ratio=1, seeds="abc"), r"seeds 'abc': give a count"),
+    (dict(ratio=1, seeds=0), r"seeds must count between 1 and 1000"),
+    (dict(ratio=1, seeds="1,1"), r"lists a seed twice"),
+    (dict(ratio=1, strategies="none,smote"), r"strategy none,smote: choose one or more of none, pos_weight"),
+    (dict(ratio=1, models="resnet"), r"model resnet: choose one or more of simple, upgraded"),
+    (dict(ratio=1, precision="fp16"), r"precision must be one of auto, fp32, bf16"),
+    (dict(ratio=1, checkpoint_every=float("nan")), r"checkpoint_every must be 0 or more seconds"),
 ])
 def test_config_rejects_bad_values(options, message):
     with pytest.raises(RatioCnnError, match=message):
         TrainConfig(**options)
+
+
+@pytest.mark.parametrize("given,seeds", [("5", [0, 1, 2, 3, 4]), (3, [0, 1, 2]), ("0,3,7", [0, 3, 7]),
+                                         ("7,", [7]), ([2, 9], [2, 9])])
+def test_seeds_are_a_count_or_a_list(given, seeds):
+    assert TrainConfig(ratio=1, seeds=given).seeds == seeds
+
+
+def test_configured_names_match_what_the_package_holds():
+    from ratio_cnn.config import MODELS, STRATEGIES
+    from ratio_cnn.model import MODELS as built
+    from ratio_cnn.strategies import STRATEGIES as planned
+
+    assert tuple(built) == MODELS and planned == STRATEGIES
+    assert TrainConfig(ratio=2, strategies="none,augment", models="simple,upgraded").variants == [
+        ("none", "simple"), ("none", "upgraded"), ("augment", "simple"), ("augment", "upgraded")]

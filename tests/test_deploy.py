@@ -42,8 +42,10 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 # The split sizes of the small synthetic dataset, as TrainingOptions fields.
 SMALL_OPTIONS = {flag.removeprefix("--").replace("-", "_"): int(value)
                  for flag, value in zip(SMALL_SPLITS[::2], SMALL_SPLITS[1::2])}
-RUN_OUTPUTS = ("report.md", "metrics_by_ratio.png", "run.json")
-JOB_OUTPUTS = ("metrics.json", "history.csv", "predictions.csv", "confusion_matrix.png", "curves.png", "model.pt")
+RUN_OUTPUTS = ("report.md", "metrics_by_ratio.png", "roc.png", "pr.png", "run.json")
+JOB_OUTPUTS = ("metrics.json", "claim.json", "none/simple/confusion_matrix.png", "none/simple/curves.png",
+               *(f"none/simple/seed-{s}/{name}" for s in (0, 1)
+                 for name in ("metrics.json", "history.csv", "predictions.csv", "model.pt")))
 
 
 # -----------------------------------------------------------------------------
@@ -242,7 +244,8 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
                     "--name", "e2e-worker"], server.env(PREFECT_WORKER_QUERY_SECONDS="2"), tmp_path / "worker.log")
     try:
         params = {"ratios": [1, 2], "run_id": "e2e",
-                  "options": {"epochs": 1, "batch_size": 16, "workers": 4, "device": "cpu", **SMALL_OPTIONS}}
+                  "options": {"epochs": 1, "batch_size": 16, "workers": 4, "device": "cpu", "seeds": 2,
+                              **SMALL_OPTIONS}}
         try:
             output = server.prefect("deployment", "run", "ratio-study/nightly", "--params", json.dumps(params),
                                     "--watch", "--watch-timeout", "420", timeout=480)

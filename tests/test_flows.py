@@ -7,9 +7,10 @@ from prefect.testing.utilities import prefect_test_harness
 import flows.study as study
 from ratio_cnn.config import TrainConfig
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
+from ratio_cnn.job_folder import FolderBusy
 
 SMALL_OPTIONS = dict(epochs=1, batch_size=16, train_malignant=12, val_malignant=6, val_benign=20,
-                     test_malignant=6, test_benign=20, device="cpu")
+                     test_malignant=6, test_benign=20, device="cpu", seeds=2)
 
 
 @pytest.fixture(scope="session")
@@ -41,32 +42,40 @@ def test_study_in_process_with_a_failing_ratio(harness, small_dataset, tmp_path)
     assert (out / "run-a" / "report.md").read_text() == report  # runs never overwrite each other
 
 
-def test_only_storage_outages_are_retried(harness, monkeypatch):
+def test_only_storage_outages_and_busy_folders_are_retried_and_retries_resume(harness, monkeypatch):
     calls = []
 
     def flaky(errors):
-        def run_job(cfg):
-            calls.append(cfg.ratio)
+        def run_job(cfg, flow_run=None):
+            calls.append(cfg.resume)
             if errors:
                 raise errors.pop(0)
-            return {"test": {"f1": 0.5, "roc_auc": 0.9}}
+            return {"variants": [{"strategy": "none", "model": "simple",
+                                  "summary": {"test": {"roc_auc": {"mean": 0.9}}}}]}
         return run_job
 
     cfg = TrainConfig(ratio=1)
     fast_retries = study.train_job.with_options(retry_delay_seconds=0)
 
-    monkeypatch.setattr(study, "run_job", flaky([StorageUnavailable("endpoint down"), StorageUnavailable("again")]))
-    assert fast_retries(cfg)["test"]["f1"] == 0.5
-    assert len(calls) == 3
+    monkeypatch.setattr(study, "run_job", flaky([StorageUnavailable("endpoint down"), FolderBusy("owned by x")]))
+    assert fast_retries(cfg)["test"] == {"none/simple": {"mean": 0.9}}
+    assert calls == [False, True, True]  # every retry resumes what the failed attempt left
 
     calls.clear()
     monkeypatch.setattr(study, "run_job", flaky([RatioCnnError("bad manifest")]))
     with pytest.raises(RatioCnnError, match="bad manifest"):
         fast_retries(cfg)
-    assert len(calls) == 1
+    assert calls == [False]
 
 
 def test_training_options_mirror_the_job_configuration():
-    assert study.TrainingOptions().model_dump() == {
-        k: v for k, v in TrainConfig(ratio=1).to_dict().items() if k not in study.PER_JOB
-    }
+    expected = {k: v for k, v in TrainConfig(ratio=1).to_dict().items() if k not in study.PER_JOB}
+    assert study.TrainingOptions().model_dump() == expected | {"seeds": 5}  # the study's replicates
+    assert TrainConfig(ratio=1, **study.TrainingOptions(seeds=3).model_dump()).seeds == [0, 1, 2]
+
+
+def test_a_run_id_that_leaves_the_output_folder_is_refused(harness, tmp_path):
+    state = study.ratio_study(ratios=[1], data=str(tmp_path), out=str(tmp_path / "out"), run_id="..",
+                              return_state=True)
+    assert state.is_failed() and "run id '..' is not a valid name" in state.message
+    assert not list(tmp_path.rglob("run.json"))

@@ -1,0 +1,279 @@
+"""One job's folder, <out>/<run-id>/ratio-<N>/, its one owner, and what is written there.
+
+    claim.json                    who owns the folder: host, pid, flow run, start, heartbeat, state
+    <strategy>/<model>/seed-<s>/  history.csv, predictions.csv, model.pt, then metrics.json (the seed is done)
+                                  checkpoint.pt while the seed trains (removed when it is done)
+    <strategy>/<model>/           figures of the variant, written once all its seeds are done
+    metrics.json                  written last: the job finished
+    error.json                    written instead when it failed or was stopped
+
+Ownership: a job claims the folder with an exclusive create (a conditional put on S3)
+before it trains, and refreshes the claim's heartbeat while it runs. A second job stops at
+once, naming the owner; a claim whose owner is gone (same host, dead pid), whose heartbeat
+is older than STALE_SECONDS, or that recorded a failure, is taken over by `--resume` with a
+compare-and-swap, so two resumers cannot both win. Only the owner writes, so metrics.json
+and error.json never both describe one job.
+
+Outputs of a seed are written to a local staging folder first and uploaded from there; if
+the upload fails they stay staged, and a resumed job on this machine uploads them without
+training again.
+"""
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ratio_cnn.errors import RatioCnnError, StorageUnavailable, Terminated
+from ratio_cnn.storage import Storage
+
+log = logging.getLogger(__name__)
+
+CLAIM, METRICS, ERROR = "claim.json", "metrics.json", "error.json"
+CHECKPOINT = "checkpoint.pt"
+SEED_FILES = ("history.csv", "predictions.csv", "model.pt")  # then the seed's metrics.json
+HEARTBEAT_SECONDS = 20  # how often a running job refreshes its claim
+STALE_SECONDS = 120  # a claim not refreshed for this long belongs to a job that is gone
+UPLOAD_RETRIES = (2, 4, 8, 16, 30)  # seconds between upload attempts: rides out a minute-long outage
+# Options that may change when a job is resumed: they change how it runs, not what it computes.
+OPERATIONAL = {"resume", "workers", "cache", "checkpoint_every", "storage_timeout", "data_deadline", "device",
+               "eval_batch_size"}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _age_seconds(stamp: str) -> float:
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(stamp)).total_seconds()
+
+
+def _process_start() -> str:
+    """Tells a pid from a later process that reused it (Linux; empty elsewhere)."""
+    try:
+        return Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start or not start
+    except (OSError, IndexError):
+        return True
+
+
+class FolderBusy(RatioCnnError):
+    """Another job owns the folder and looks alive: the flow retries later (it may finish or die)."""
+
+
+class LostClaim(RatioCnnError):
+    """Another job took this job's folder over (it judged this one dead): stop without writing."""
+
+
+class JobFolder:
+    def __init__(self, out: Storage, prefix: str, staging: Path, flow_run: str | None = None) -> None:
+        self.out, self.prefix, self.staging = out, prefix, staging
+        self.owner = {"host": platform.node(), "pid": os.getpid(), "process_start": _process_start(),
+                      "flow_run": flow_run, "token": secrets.token_hex(8)}
+        self._version: str | None = None  # of claim.json as this job last wrote it
+        self._claim: dict = {}
+        self._lost: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.prefix, *parts])
+
+    def describe(self, *parts: str) -> str:
+        return self.out.describe(self.key(*parts))
+
+    # -------------------------------------------------------------------------
+    # ownership
+
+    def check_writable(self) -> None:
+        """A probe object, written and deleted, before anything is downloaded or trained."""
+        probe = self.key(f".probe-{self.owner['token']}")
+        self.out.put(probe, b"probe")
+        self.out.delete(probe)
+
+    def claim(self, config: dict, resume: bool) -> None:
+        """Own the folder, or stop with a line that says who does and what to do."""
+        if self.out.exists(self.key(METRICS)):
+            raise RatioCnnError(f"{self.describe(METRICS)} already exists: that job is complete; pick another --run-id")
+        self._claim = {"state": "running", "owner": self.owner, "started": now(), "heartbeat": now(),
+                       "config": config}
+        if self.out.create(self.key(CLAIM), self._encode()):
+            self._learn_version()
+            return
+        raw, version = self.out.get_versioned(self.key(CLAIM))
+        try:
+            held = json.loads(raw)
+            owner, state = held["owner"], held["state"]
+        except (ValueError, KeyError, TypeError):
+            held, owner, state = {}, {}, "unreadable"
+        gone = self._gone(held)
+        who = (f"host {owner.get('host')} pid {owner.get('pid')}"
+               + (f" (flow run {owner['flow_run']})" if owner.get("flow_run") else "")
+               + f" since {held.get('started')}")
+        if state == "running" and not gone:
+            raise FolderBusy(f"{self.describe()} is owned by a running job: {who}, last heartbeat "
+                             f"{held.get('heartbeat')}; wait for it, or pick another --run-id")
+        if not resume:
+            why = {"running": f"its owner ({who}) is gone"}.get(state, f"it {state}")
+            raise RatioCnnError(f"{self.describe()} holds an earlier attempt of this job ({why}): continue it with "
+                                "--resume, or pick another --run-id")
+        before = held.get("config", {})
+        changed = {k for k in set(config) | set(before) if k not in OPERATIONAL and config.get(k) != before.get(k)}
+        if changed:
+            raise RatioCnnError(f"cannot resume {self.describe()}: it was started with other "
+                                f"{', '.join(sorted(changed))}; resume with the same options, or pick another --run-id")
+        self._claim["started"] = held.get("started", now())
+        if not self.out.replace(self.key(CLAIM), self._encode(), version):
+            raise FolderBusy(f"{self.describe()} was taken over by another job at the same moment: pick another --run-id")
+        self._learn_version()
+        self.out.delete(self.key(ERROR))  # this attempt replaces the failed one
+        log.info("resuming %s (it %s)", self.describe(), "lost its owner" if state == "running" else state)
+
+    def _learn_version(self) -> None:
+        """The version of the claim this job just wrote, checked to hold this job's token."""
+        raw, version = self.out.get_versioned(self.key(CLAIM))
+        if json.loads(raw).get("owner", {}).get("token") != self.owner["token"]:
+            self._lost = "another job took the folder over at the same moment"
+            self.check_owner()
+        self._version = version
+
+    def _gone(self, held: dict) -> bool:
+        owner = held.get("owner", {})
+        if owner.get("host") == platform.node() and isinstance(owner.get("pid"), int):
+            if not _alive(owner["pid"], owner.get("process_start", "")):
+                return True
+        try:
+            return _age_seconds(held["heartbeat"]) > STALE_SECONDS
+        except (KeyError, TypeError, ValueError):
+            return True
+
+    def _encode(self) -> bytes:
+        return json.dumps(self._claim, indent=2).encode()
+
+    def _set_state(self, **fields) -> bool:
+        """Rewrite the claim if this job still owns it; False once another job took it."""
+        with self._lock:
+            if self._lost:
+                return False
+            self._claim |= fields
+            if self.out.replace(self.key(CLAIM), self._encode(), self._version):
+                self._learn_version()
+                return True
+            self._lost = "another job took the folder over"
+            return False
+
+    def start_heartbeat(self) -> None:
+        def beat():
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    if not self._set_state(heartbeat=now()):
+                        return
+                except RatioCnnError as e:  # storage down for a moment: the next beat tries again
+                    log.warning("could not refresh the claim on %s: %s", self.describe(CLAIM), e)
+
+        threading.Thread(target=beat, name="claim-heartbeat", daemon=True).start()
+
+    def check_owner(self) -> None:
+        """Stop (without writing) if another job took the folder over."""
+        if self._lost:
+            raise LostClaim(f"{self.describe()}: {self._lost} (it judged this job dead); stopping without writing")
+
+    def finish(self, metrics: dict) -> None:
+        self.check_owner()
+        self._put(self.key(METRICS), json.dumps(metrics, indent=2).encode())
+        self._stop.set()
+        self._set_state(state="finished", heartbeat=now())
+
+    def fail(self, error: BaseException) -> None:
+        """Record why in error.json (when this job still owns the folder)."""
+        self._stop.set()
+        if self._lost or self._version is None:
+            return
+        if isinstance(error, Terminated):
+            state, reason = "stopped", "stopped by SIGTERM (docker stop, Kubernetes or a shutdown)"
+        elif isinstance(error, KeyboardInterrupt):
+            state, reason = "stopped", "interrupted (Ctrl-C)"
+        elif isinstance(error, Exception):
+            state, reason = "failed", str(error) or type(error).__name__
+        else:
+            state, reason = "stopped", f"stopped by {type(error).__name__}"
+        record = {"state": state, "error": reason, "type": type(error).__name__, "at": now(),
+                  "resume": "ratio-cnn train … --resume (same options) continues from the last checkpoint"}
+        try:
+            self.out.put(self.key(ERROR), json.dumps(record, indent=2).encode())
+            self._set_state(state=state, heartbeat=now())
+        except RatioCnnError as e:  # storage itself is down: the caller still sees the first error
+            log.warning("could not record the failure in %s: %s", self.describe(), e)
+
+    # -------------------------------------------------------------------------
+    # seeds: checkpoints and outputs
+
+    def seed_done(self, variant: str, seed: int) -> dict | None:
+        """The seed's metrics.json if an earlier attempt finished it."""
+        key = self.key(variant, f"seed-{seed}", METRICS)
+        return json.loads(self.out.get(key)) if self.out.exists(key) else None
+
+    def load_checkpoint(self, variant: str, seed: int) -> bytes | None:
+        key = self.key(variant, f"seed-{seed}", CHECKPOINT)
+        return self.out.get(key) if self.out.exists(key) else None
+
+    def save_checkpoint(self, variant: str, seed: int, data: bytes) -> None:
+        self.check_owner()
+        self._put(self.key(variant, f"seed-{seed}", CHECKPOINT), data)
+
+    def stage(self, variant: str, seed: int) -> Path:
+        return self.staging / variant / f"seed-{seed}"
+
+    def write_seed(self, variant: str, seed: int, files: dict[str, bytes], metrics: dict) -> None:
+        """Stage the seed's outputs on this machine, then upload them with metrics.json last."""
+        stage = self.stage(variant, seed)
+        stage.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+        (stage / METRICS).write_text(json.dumps(metrics, indent=2))  # last: the stage is complete
+        self.upload_staged(variant, seed)
+
+    def upload_staged(self, variant: str, seed: int) -> dict | None:
+        """Upload a complete staged seed (from this attempt or a failed upload of an earlier one)."""
+        stage = self.stage(variant, seed)
+        if not (stage / METRICS).is_file():
+            return None
+        self.check_owner()
+        for name in (*SEED_FILES, METRICS):
+            self._put(self.key(variant, f"seed-{seed}", name), (stage / name).read_bytes())
+        self.out.delete(self.key(variant, f"seed-{seed}", CHECKPOINT))
+        metrics = json.loads((stage / METRICS).read_text())
+        shutil.rmtree(stage, ignore_errors=True)
+        return metrics
+
+    def put(self, *parts: str, data: bytes) -> None:
+        self.check_owner()
+        self._put(self.key(*parts), data)
+
+    def _put(self, key: str, data: bytes) -> None:
+        """Write, riding out a storage outage of about a minute before giving up."""
+        for wait in (*UPLOAD_RETRIES, None):
+            try:
+                return self.out.put(key, data)
+            except StorageUnavailable as e:
+                if wait is None:
+                    raise
+                log.warning("%s; trying again in %d s", e, wait)
+                time.sleep(wait)
