@@ -24,13 +24,13 @@ from prefect.runtime import flow_run as prefect_flow_run
 from prefect.runtime import task_run as prefect_task_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import create_model
+from pydantic import ConfigDict, ValidationError, create_model
 import torch
 
 from ratio_cnn import report
-from ratio_cnn.config import TrainConfig, check_name, new_run_id, ratio_name
+from ratio_cnn.config import TrainConfig, check_name, new_run_id, parse_seeds, ratio_name
 from ratio_cnn.data import MANIFEST
-from ratio_cnn.errors import StorageUnavailable
+from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 from ratio_cnn.job import run_job
 from ratio_cnn.job_folder import FolderBusy
 from ratio_cnn.results import RUN_FILE
@@ -51,6 +51,7 @@ PER_JOB = ("ratio", "data", "out", "run_id")  # set by the study for each job
 STUDY_DEFAULTS = {"seeds": 5}
 TrainingOptions = create_model(
     "TrainingOptions",
+    __config__=ConfigDict(extra="forbid"),  # a misspelt option is an error, not silently the default
     **{f.name: (int | list[int] if f.name == "seeds" else f.type,
                 STUDY_DEFAULTS.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory()))
        for f in dataclasses.fields(TrainConfig) if f.name not in PER_JOB},
@@ -112,6 +113,11 @@ def build_report(out: str, run_id: str) -> str:
                              description=f"run {run_id}: {written.uri}")
     create_table_artifact(key="ratio-study-summary", table=report.summary_rows(written),
                           description=f"run {run_id}")
+    create_markdown_artifact(key="ratio-study-index", markdown=written.index,
+                             description=f"every run under {out}")
+    if written.regressions:
+        get_run_logger().warning("run %s: %d headline metrics dropped beyond their interval (top of the report)",
+                                 run_id, len(written.regressions))
     if all(r.metrics for r in written.results):
         latest = {"run_id": run_id, "report": written.uri, "finished": datetime.now(timezone.utc).isoformat()}
         open_storage(out).put("latest.json", json.dumps(latest, indent=2).encode())
@@ -151,18 +157,35 @@ def ratio_study(
 
 def main() -> None:
     """`make study`: the synthetic dataset if missing, then the four ratios in-process."""
-    parser = argparse.ArgumentParser(description="Run the ratio study in-process on the embedded defaults.")
-    parser.add_argument("--data", default="data/synthetic")
-    parser.add_argument("--out", default="results")
     on_gpu = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description="Run the ratio study in-process (no server, no worker needed).")
+    parser.add_argument("--data", default="data/synthetic", help="dataset (made if it is the missing default)")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--run-id", help="default: a new time-stamped id")
+    parser.add_argument("--ratios", default="1,2,3,5", help="comma list (default: 1,2,3,5)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs if on_gpu else STUDY_EPOCHS)
-    parser.add_argument("--seeds", type=int, default=STUDY_DEFAULTS["seeds"] if on_gpu else CPU_SEEDS)
+    parser.add_argument("--seeds", default=str(STUDY_DEFAULTS["seeds"] if on_gpu else CPU_SEEDS),
+                        help="a count or a comma list")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                        help="any other training option of `ratio-cnn train`, e.g. --set val_benign=500")
     args = parser.parse_args()
-    if not open_storage(args.data).exists(MANIFEST):
+    if bad := [item for item in args.set if "=" not in item]:
+        parser.error(f"--set needs OPTION=VALUE, got {bad[0]!r}")
+    try:
+        options = TrainingOptions(**{"epochs": args.epochs, "seeds": parse_seeds(args.seeds)}
+                                  | dict(item.split("=", 1) for item in args.set))
+        ratios = [float(r) for r in args.ratios.split(",")]
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise SystemExit(f"flows.study: error: option {'.'.join(map(str, first['loc']))}: {first['msg']} (--set "
+                         "OPTION=VALUE takes the options of `ratio-cnn train --help`, with underscores)") from None
+    except (ValueError, RatioCnnError) as e:
+        raise SystemExit(f"flows.study: error: {e} (--ratios 1,2,3,5; --set OPTION=VALUE)") from None
+    if args.data == "data/synthetic" and not open_storage(args.data).exists(MANIFEST):
         print(f"making the synthetic dataset in {args.data} (about 30 s)", flush=True)
         make_synthetic_dataset(args.data)
-    options = TrainingOptions(epochs=args.epochs, seeds=args.seeds)
-    state = ratio_study(data=args.data, out=args.out, options=options, return_state=True)
+    state = ratio_study(ratios=ratios, data=args.data, out=args.out, run_id=args.run_id, options=options,
+                        return_state=True)
     if not state.is_completed():
         raise SystemExit(f"\nthe study failed: {state.message}")
     print(f"\nreport: {state.result()}")

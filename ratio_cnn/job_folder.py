@@ -74,6 +74,18 @@ def _alive(pid: int, start: str) -> bool:
         return True
 
 
+def owner_gone(claim: dict) -> bool:
+    """The claim's job is dead: its pid is gone on this host, or its heartbeat is stale."""
+    owner = claim.get("owner", {})
+    if owner.get("host") == platform.node() and isinstance(owner.get("pid"), int):
+        if not _alive(owner["pid"], owner.get("process_start", "")):
+            return True
+    try:
+        return _age_seconds(claim["heartbeat"]) > STALE_SECONDS
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
 class FolderBusy(RatioCnnError):
     """Another job owns the folder and looks alive: the flow retries later (it may finish or die)."""
 
@@ -123,7 +135,7 @@ class JobFolder:
             owner, state = held["owner"], held["state"]
         except (ValueError, KeyError, TypeError):
             held, owner, state = {}, {}, "unreadable"
-        gone = self._gone(held)
+        gone = owner_gone(held)
         who = (f"host {owner.get('host')} pid {owner.get('pid')}"
                + (f" (flow run {owner['flow_run']})" if owner.get("flow_run") else "")
                + f" since {held.get('started')}")
@@ -153,16 +165,6 @@ class JobFolder:
             self._lost = "another job took the folder over at the same moment"
             self.check_owner()
         self._version = version
-
-    def _gone(self, held: dict) -> bool:
-        owner = held.get("owner", {})
-        if owner.get("host") == platform.node() and isinstance(owner.get("pid"), int):
-            if not _alive(owner["pid"], owner.get("process_start", "")):
-                return True
-        try:
-            return _age_seconds(held["heartbeat"]) > STALE_SECONDS
-        except (KeyError, TypeError, ValueError):
-            return True
 
     def _encode(self) -> bytes:
         return json.dumps(self._claim, indent=2).encode()

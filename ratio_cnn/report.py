@@ -4,11 +4,13 @@
 analysis.py (through stats.py), draws the figures (plots.py) and writes `report.md`
 beside them. This module only turns those numbers into text.
 """
+import json
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from ratio_cnn import plots
+from ratio_cnn import history, plots
 from ratio_cnn.analysis import BASELINE, COMPARED, RESAMPLES, Analysis, Comparison, VariantAnalysis, analyse
 from ratio_cnn.config import ratio_name
 from ratio_cnn.results import RatioResult, collect
@@ -27,20 +29,44 @@ class WrittenReport:
     markdown: str
     results: list[RatioResult]
     analysis: Analysis | None
+    changes: list[history.Change]  # against the previous comparable run, if any
+    index: str  # <out>/index.md
+
+    @property
+    def regressions(self) -> list[history.Change]:
+        return [c for c in self.changes if c.regression]
 
 
 def write_report(run_uri: str) -> WrittenReport:
-    """Write the figures and report.md into the run folder."""
+    """Write the figures, report.md and summary.json into the run folder, and the index beside it.
+
+    The run folder is `<out>/<run-id>`: the report compares it with the previous complete run
+    under the same `<out>` on the same data and configuration, and rebuilds `<out>/index.md`.
+    """
     run = open_storage(run_uri)
     meta, results = collect(run)
-    run_id = meta.get("run_id") or run_uri.rstrip("/").rsplit("/", 1)[-1]
+    run_id = str(meta.get("run_id") or run_uri.rstrip("/").rsplit("/", 1)[-1])
     done = [r for r in results if r.metrics]
-    analysis = analyse(run, results, done[0].metrics["config"]["threshold"]) if done else None
-    if analysis:
+    out = open_storage(run_uri.rstrip("/").rsplit("/", 1)[0] if "/" in run_uri.rstrip("/") else ".")
+    analysis = summary = previous = None
+    changes = []
+    if done:
+        analysis = analyse(run, results, done[0].metrics["config"]["threshold"])
         draw_figures(run, analysis)
-    markdown = render_markdown(str(run_id), results, analysis)
+        summary = history.run_summary(run_id, now(), len(done) == len(results), analysis, done[0].metrics)
+        previous = history.previous_run(out, summary)
+        changes = history.compare_runs(out, previous["run_id"], analysis) if previous else []
+    markdown = render_markdown(run_id, results, analysis, previous, changes)
     run.put(REPORT, markdown.encode())
-    return WrittenReport(run.describe(REPORT), markdown, results, analysis)
+    if summary:
+        run.put(history.SUMMARY, json.dumps(summary, indent=2).encode())
+    index = history.render_index(history.summaries(out))
+    out.put(history.INDEX, index.encode())
+    return WrittenReport(run.describe(REPORT), markdown, results, analysis, changes, index)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def draw_figures(run: Storage, analysis: Analysis) -> None:
@@ -112,9 +138,15 @@ def fmt_bound(i: Interval | None, scale: float) -> str:
     return f"{scale * i.low:.4f}, {scale * i.high:.4f}" if scale == 1 else f"{scale * i.low:.2f}%, {scale * i.high:.2f}%"
 
 
-def render_markdown(run_id: str, results: list[RatioResult], analysis: Analysis | None) -> str:
+def render_markdown(run_id: str, results: list[RatioResult], analysis: Analysis | None,
+                    previous: dict | None = None, changes: list[history.Change] = ()) -> str:
     done = [r for r in results if r.metrics]
     lines = [f"# Malignant:benign training ratio study — run `{run_id}`", ""]
+    regressions = [c for c in changes if c.regression]
+    if regressions:
+        lines += [f"> **⚠ Regression against run `{previous['run_id']}`**: " + "; ".join(
+            f"{c.cell} {NAMES[c.metric]} {c.previous:.3f} → {c.current:.3f} ({signed(c.difference)})"
+            for c in regressions) + ". The drop's interval lies below zero (paired on test images and seeds).", ""]
     if analysis:
         lines += describe_run(done, analysis)
     lines += [f"{len(done)} of {len(results)} ratios finished."
@@ -122,6 +154,7 @@ def render_markdown(run_id: str, results: list[RatioResult], analysis: Analysis 
                   f"1:{ratio_name(r.ratio)}" for r in results if not r.metrics) + " (reasons below)."), ""]
     if analysis:
         lines += findings(analysis)
+        lines += history_section(previous, changes)
         lines += summary_tables(analysis)
         lines += operating_points(analysis)
         if len(analysis.variant_names) > 1:
@@ -210,6 +243,19 @@ def findings(a: Analysis) -> list[str]:
     lines += ["", "✔ real (the interval excludes 0); · within noise. Threshold-free metrics do not depend on the rule.",
               ""]
     return lines
+
+
+def history_section(previous: dict | None, changes: list[history.Change]) -> list[str]:
+    lines = ["## Against the previous run", ""]
+    if not previous:
+        return lines + ["No earlier complete run on the same data and configuration under this output folder.", ""]
+    lines += [f"Run `{previous['run_id']}` ({str(previous['finished'])[:19]}), same data and configuration. Current − "
+              "previous, paired on test images and seeds; ⚠ marks a drop beyond the interval.", "",
+              "| ratio and variant | metric | previous | current | difference |", "|---|---|---|---|---|"]
+    for c in changes:
+        lines.append(f"| {c.cell} | {NAMES[c.metric]} | {c.previous:.3f} | {c.current:.3f} | {signed(c.difference)}"
+                     f"{' ⚠' if c.regression else ''} |")
+    return lines + [""]
 
 
 def _real(c: Comparison, metric: str) -> bool:

@@ -10,14 +10,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
 from ratio_cnn.config import NAME, ratio_name
 from ratio_cnn.errors import RatioCnnError
-from ratio_cnn.job_folder import CLAIM, ERROR, METRICS, STALE_SECONDS
+from ratio_cnn.job_folder import CLAIM, ERROR, METRICS, owner_gone
 from ratio_cnn.storage import Storage
 
 RUN_FILE = "run.json"
@@ -94,16 +93,11 @@ def read_ratio(run: Storage, ratio: float, keys: set[str]) -> RatioResult:
         result.failure = str(error.get("error", "no reason recorded"))[:1000]
     elif f"{folder}/{CLAIM}" in keys:
         claim = load_json(run, f"{folder}/{CLAIM}")
-        heartbeat = claim.get("heartbeat")
-        try:
-            age = (datetime.now(timezone.utc) - datetime.fromisoformat(heartbeat)).total_seconds()
-        except (TypeError, ValueError):
-            age = math.inf
-        if age > STALE_SECONDS:
-            result.failure = (f"the job stopped without a word (last heartbeat {heartbeat}): it was killed; "
-                              "continue it with `ratio-cnn train … --resume`")
+        if owner_gone(claim):
+            result.failure = (f"the job stopped without a word (last heartbeat {claim.get('heartbeat')}): it was "
+                              "killed; continue it with `ratio-cnn train … --resume`")
         else:
-            result.failure = f"still running (last heartbeat {heartbeat}): rebuild the report when it ends"
+            result.failure = f"still running (last heartbeat {claim.get('heartbeat')}): rebuild the report when it ends"
     else:
         result.failure = "no job wrote anything in its folder: it never started"
     return result

@@ -64,7 +64,7 @@ def write_job(run: Path, ratio: float, logits: dict[int, tuple[np.ndarray, np.nd
         metrics = {
             "ratio": ratio, "run_id": run.name,
             "config": {"ratio": ratio, "epochs": 5, "batch_size": 32, "lr": 1e-4, "seeds": sorted(logits),
-                       "threshold": 0.5, "sample": "fixed"},
+                       "threshold": 0.5, "sample": "fixed", "strategies": [strategy], "models": [model]},
             "data": {"uri": "data/x", "manifest_digest": "sha256:" + "ab" * 32, "skipped_images": [],
                      "counts": {"train": {"malignant": train_malignant, "benign": benign}, "val": VAL_TEST,
                                 "test": VAL_TEST}},

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
 import flows.study as study
@@ -40,6 +41,16 @@ def test_study_in_process_with_a_failing_ratio(harness, small_dataset, tmp_path)
     assert state.is_completed()
     assert json.loads((out / "latest.json").read_text())["run_id"] == "run-b"
     assert (out / "run-a" / "report.md").read_text() == report  # runs never overwrite each other
+
+    # The next night, on the same data and configuration: compared with run-b (run-a was incomplete).
+    state = study.ratio_study(ratios=[1], data=str(small_dataset), out=str(out), run_id="run-c",
+                              options=study.TrainingOptions(**SMALL_OPTIONS), return_state=True)
+    assert state.is_completed()
+    published = Artifact.get("ratio-study-report").data
+    assert "## Against the previous run" in published and "Run `run-b`" in published
+    assert "Regression" not in published  # the same seeds on the CPU: the same numbers
+    index = Artifact.get("ratio-study-index").data
+    assert all(f"`{r}`" in index for r in ("run-a", "run-b", "run-c")) and index == (out / "index.md").read_text()
 
 
 def test_only_storage_outages_and_busy_folders_are_retried_and_retries_resume(harness, monkeypatch):

@@ -1,0 +1,110 @@
+"""Nightly history: each run against the previous complete run on the same data and
+configuration, and an index of every run under `<out>/`.
+
+Every report leaves `<out>/<run-id>/summary.json` (its data, configuration and headline
+metrics); the index (`<out>/index.md`) is rebuilt from all of them, so two studies finishing
+at once cannot lose an entry. A comparison pairs the two runs on test images and seeds, like
+the report's other comparisons, and flags a drop whose interval lies below zero.
+"""
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from ratio_cnn.analysis import Analysis, analyse, compare
+from ratio_cnn.errors import RatioCnnError
+from ratio_cnn.job_folder import OPERATIONAL
+from ratio_cnn.results import collect, load_json
+from ratio_cnn.stats import Interval
+from ratio_cnn.storage import Storage, join, open_storage
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.json"
+INDEX = "index.md"
+HEADLINE = ("roc_auc", "average_precision", "f1", "recall")  # higher is better for each
+PER_RUN = {"run_id", "ratio", "out"}  # differ between runs of one configuration
+
+
+def config_key(config: dict) -> str:
+    """What makes two runs comparable: every option that changes the numbers."""
+    kept = {k: v for k, v in sorted(config.items()) if k not in OPERATIONAL | PER_RUN}
+    return "sha256:" + hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_summary(run_id: str, finished: str, complete: bool, a: Analysis, first_metrics: dict) -> dict:
+    headline = {f"{cell.label} {name}": {m: cell.seed_intervals["test"][m].to_dict() for m in HEADLINE}
+                for (ratio, name), cell in a.cells.items()}
+    return {"run_id": run_id, "finished": finished, "complete": complete,
+            "data": {"uri": first_metrics["data"]["uri"], "manifest_digest": first_metrics["data"]["manifest_digest"]},
+            "config_key": config_key(first_metrics["config"]), "config": first_metrics["config"],
+            "ratios": [c.label for c in a.cells.values()], "headline": headline}
+
+
+def summaries(out: Storage) -> list[dict]:
+    """Every run's summary.json under `out`, oldest first; unreadable ones are skipped."""
+    found = []
+    for key in out.list():
+        parts = key.split("/")
+        if len(parts) == 2 and parts[1] == SUMMARY:
+            try:
+                found.append(load_json(out, key))
+            except RatioCnnError as e:  # a damaged summary must not hide the others
+                log.warning("left out of the index: %s", e)
+    return sorted(found, key=lambda s: str(s.get("finished", "")))
+
+
+def previous_run(out: Storage, current: dict) -> dict | None:
+    """The newest complete run before this one on the same data and configuration."""
+    same = [s for s in summaries(out) if s.get("complete") and s.get("run_id") != current["run_id"]
+            and s.get("data", {}).get("manifest_digest") == current["data"]["manifest_digest"]
+            and s.get("config_key") == current["config_key"] and str(s.get("finished")) < current["finished"]]
+    return same[-1] if same else None
+
+
+@dataclass
+class Change:
+    cell: str  # "1:3 none/simple"
+    metric: str
+    previous: float
+    current: float
+    difference: Interval  # current - previous, paired on test images and seeds
+
+    @property
+    def regression(self) -> bool:
+        return self.difference.high is not None and self.difference.high < 0
+
+
+def compare_runs(out: Storage, previous_id: str, a: Analysis) -> list[Change]:
+    """Each headline metric of every (ratio, variant) both runs hold: current - previous."""
+    run = open_storage(join(out.uri, previous_id))
+    _, results = collect(run)
+    old = analyse(run, results, threshold=next(r for r in results if r.metrics).metrics["config"]["threshold"])
+    changes = []
+    for key, cell in a.cells.items():
+        if key in old.cells:
+            before = old.cells[key]
+            differences = compare(cell, before, cell.label, before.label, "at_threshold").differences
+            changes += [Change(f"{cell.label} {key[1]}", m, before.seed_intervals["test"][m].mean,
+                               cell.seed_intervals["test"][m].mean, differences[m]) for m in HEADLINE]
+    return changes
+
+
+def render_index(runs: list[dict]) -> str:
+    lines = ["# Every ratio-study run", "",
+             "Newest first. Headline: test ROC-AUC and AP of each ratio's first variant, mean over seeds. "
+             "Runs with the same configuration key are comparable.", "",
+             "| run | finished | complete | data (manifest) | configuration | headline |", "|---|---|---|---|---|---|"]
+    for s in reversed(runs):
+        cfg = s.get("config", {})
+        described = (f"{cfg.get('epochs')} epochs, seeds {len(cfg.get('seeds', []))}, "
+                     f"{','.join(cfg.get('strategies', []))} × {','.join(cfg.get('models', []))} "
+                     f"(`{str(s.get('config_key', ''))[7:15]}`)")
+        firsts = {}
+        for cell, metrics in s.get("headline", {}).items():
+            firsts.setdefault(cell.split(" ")[0], metrics)
+        headline = "; ".join(f"{ratio} {m['roc_auc']['mean']:.3f}/{m['average_precision']['mean']:.3f}"
+                             for ratio, m in firsts.items())
+        lines.append(f"| `{s.get('run_id')}` | {str(s.get('finished'))[:19]} | {'yes' if s.get('complete') else 'no'} | "
+                     f"`{str(s.get('data', {}).get('manifest_digest', ''))[7:19]}` | {described} | {headline} |")
+    return "\n".join(lines) + "\n"
