@@ -236,6 +236,25 @@ def check_images_exist(storage: Storage, present: dict[str, str], sets: list[pd.
             )
 
 
+IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3  # one decoded image: 49,152 bytes
+
+
+def check_memory(images: int, device: torch.device) -> None:
+    """Stop with a clear line when the decoded images cannot fit, instead of being killed halfway."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:  # not Linux: nothing to check against
+            return
+        free = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable"))) * 1024
+    need = images * IMAGE_BYTES
+    if need > 0.8 * free:  # the model, its optimizer state and the batches need the rest
+        raise RatioCnnError(f"{images} decoded images need {need / 1e9:.1f} GB, but only {free / 1e9:.1f} GB are free "
+                            f"on {device.type}: lower --train-malignant or the val/test sizes, or use a larger machine")
+
+
 @dataclass
 class LoadedImages:
     images: torch.Tensor  # (N, 3, 128, 128) uint8 with channels-last strides, one row per decodable image

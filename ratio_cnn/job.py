@@ -80,6 +80,7 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     log.info("%s: %s", title, ", ".join(f"{s} {c['malignant']} malignant + {c['benign']} benign"
                                          for s, c in data.class_counts(sets).items()))
     needed = list(dict.fromkeys(n for s in samples.values() for split in s.values() for n in split["image"]))
+    data.check_memory(len(needed), torch.device("cpu"))
     loaded = data.load_images(source, manifest, needed, present, cfg.cache_dir, data.digest(raw_manifest),
                               cfg.workers, deadline, cfg.max_skipped)
     label_of = dict(zip(manifest["image"], manifest["label"].map(LABELS)))
@@ -94,6 +95,8 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     # the whole dataset lives on the device; batches are normalised there
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
+    if device.type == "cuda":
+        data.check_memory(len(loaded.names), device)
     pool, labels = loaded.images.to(device), labels.to(device)
     loaded.images = None  # from here on each split holds its own rows: the decoded set is not kept twice
     evaluation = {split: _take(pool, labels, rows[cfg.seeds[0]][split]) for split in ("val", "test")}

@@ -145,3 +145,13 @@ def test_configured_names_match_what_the_package_holds():
     assert tuple(built) == MODELS and planned == STRATEGIES
     assert TrainConfig(ratio=2, strategies="none,augment", models="simple,upgraded").variants == [
         ("none", "simple"), ("none", "upgraded"), ("augment", "simple"), ("augment", "upgraded")]
+
+
+def test_too_many_images_for_memory_stop_before_loading():
+    import torch
+
+    from ratio_cnn.data import check_memory
+
+    check_memory(1000, torch.device("cpu"))  # 49 MB: fine anywhere
+    with pytest.raises(RatioCnnError, match=r"1000000000 decoded images need 49152.0 GB, but only .* GB are free on cpu"):
+        check_memory(10**9, torch.device("cpu"))

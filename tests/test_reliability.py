@@ -106,6 +106,9 @@ def test_a_killed_job_resumes_to_exactly_the_metrics_of_an_uninterrupted_one(sma
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert not (job / "metrics.json").exists() and not (job / "error.json").exists()
+    report = run_cli("report", "--run", str(out / "killed"))
+    assert report.returncode == 0, report.stderr
+    assert "the job stopped without a word" in (out / "killed" / "report.md").read_text()
 
     plain = run_cli(*common, "--run-id", "killed")
     one_error_line(plain, "holds an earlier attempt of this job", "is gone", "--resume")
