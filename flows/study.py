@@ -13,6 +13,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -28,7 +30,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 import torch
 
 from ratio_cnn import report
-from ratio_cnn.config import TrainConfig, check_name, new_run_id, parse_seeds, ratio_name
+from ratio_cnn.config import TrainConfig, check_name, new_run_id, parse_names, parse_seeds, ratio_name
 from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 from ratio_cnn.job import run_job
@@ -39,7 +41,7 @@ from ratio_cnn.synth import make_synthetic_dataset
 
 # `make study` on a 2-core CPU: 4 ratios x 3 seeds x STUDY_EPOCHS fit in its 10-minute budget
 # (measured, README); on a GPU the study's own 5 epochs and 5 seeds take seconds.
-STUDY_EPOCHS = 3
+STUDY_EPOCHS = 2
 CPU_SEEDS = 3
 # The job's progress lines (INFO) in the flow's logs; PREFECT_LOGGING_EXTRA_LOGGERS=ratio_cnn
 # (set by the Makefile and the deployments) also sends them to the Prefect UI.
@@ -124,6 +126,21 @@ def build_report(out: str, run_id: str) -> str:
     return written.uri
 
 
+@contextmanager
+def cpu_threads_per_job(jobs: int):
+    """Jobs side by side on a CPU get a share of its cores each, not all of them each (4 jobs x 2
+    threads on 2 cores). Four jobs on 2 cores, whole study (docs/benchmarks.md): one thread each
+    125 s, two each 124 s, one job at a time 136 s in fp32; 104, 116 and 115 s in an earlier bf16
+    run. torch's thread count is the process's: restored afterwards."""
+    before = torch.get_num_threads()
+    if jobs > 1 and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @flow(name="ratio-study", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def ratio_study(
     ratios: list[float] = [1, 2, 3, 5],
@@ -137,16 +154,18 @@ def ratio_study(
     """Every ratio's job, concurrently, then the report; Failed if any ratio failed."""
     logger = get_run_logger()
     run_id = check_name("run id", run_id or new_run_id())  # it names a folder: nothing outside `out`
+    for ratio in ratios:  # every job's options checked before any job starts
+        TrainConfig(ratio=ratio, data=data, out=out, run_id=run_id, **options.model_dump())
     record_run(join(out, run_id), run_id, ratios, data, options, launch)
     logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in ratios),
                 launch, join(out, run_id))
-    launches = {r: launch_ratio.submit(r, data, out, run_id, options, launch, train_deployment) for r in ratios}
-    failed = []
-    for ratio, future in launches.items():
-        future.wait()
-        if not future.state.is_completed():
-            failed.append(ratio)
-            logger.error("ratio 1:%s failed: %s", ratio_name(ratio), future.state.message)
+    with cpu_threads_per_job(len(ratios) if launch == "in-process" and options.device != "cuda" else 1):
+        launches = {r: launch_ratio.submit(r, data, out, run_id, options, launch, train_deployment) for r in ratios}
+        for future in launches.values():
+            future.wait()
+    failed = [r for r, future in launches.items() if not future.state.is_completed()]
+    for ratio in failed:
+        logger.error("ratio 1:%s failed: %s", ratio_name(ratio), launches[ratio].state.message)
     report_uri = build_report(out, run_id)
     logger.info("report: %s", report_uri)
     if failed:
@@ -172,8 +191,10 @@ def main() -> None:
     if bad := [item for item in args.set if "=" not in item]:
         parser.error(f"--set needs OPTION=VALUE, got {bad[0]!r}")
     try:
+        given = dict(item.split("=", 1) for item in args.set)
+        lists = {f.name for f in dataclasses.fields(TrainConfig) if f.default is dataclasses.MISSING}  # strategies…
         options = TrainingOptions(**{"epochs": args.epochs, "seeds": parse_seeds(args.seeds)}
-                                  | dict(item.split("=", 1) for item in args.set))
+                                  | {k: parse_names(v) if k in lists else v for k, v in given.items()})
         ratios = [float(r) for r in args.ratios.split(",")]
     except ValidationError as e:
         first = e.errors()[0]

@@ -101,11 +101,12 @@ class TrainConfig:
                              "upgraded (its UpgradedCNN)", flag="--model", metavar="LIST")
     synthetic_malignant: int = _opt(3000, "extra malignant images the synthetic strategy makes (the study's 3,000)")
     device: str = _opt("auto", "auto (cuda when present), cpu or cuda")
-    # bf16 autocast, channels_last and fused Adam are faster on a GPU; on a CPU bf16 is
-    # several times slower, so auto keeps fp32 there (docs/benchmarks.md).
+    # bf16 autocast and channels_last are faster on a GPU; on a CPU bf16 is several times slower
+    # where it is emulated, so auto keeps fp32 there (docs/benchmarks.md measures both).
     precision: str = _opt("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")
     threshold: float = _opt(0.5, "probability above which an image is called malignant")
-    eval_batch_size: int = _opt(256, "images per forward pass when evaluating (no gradients: larger is faster)")
+    eval_batch_size: int = _opt(0, "images per forward pass when evaluating; 0: 32 on a CPU, 256 on a GPU "
+                                "(the faster on each, measured in docs/benchmarks.md)")
     # Splits and sampling. The study's sizes: 293 training malignant images, and val and
     # test of 50 malignant + 1000 benign each, keeping the natural imbalance.
     train_malignant: int = _opt(293, "malignant training images (benign = ratio x this)")
@@ -135,10 +136,11 @@ class TrainConfig:
         for name, allowed in (("device", DEVICES), ("precision", PRECISIONS), ("sample", SAMPLES)):
             if getattr(self, name) not in allowed:
                 raise RatioCnnError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "train_malignant", "workers"):
+        for name in ("epochs", "batch_size", "train_malignant", "workers"):
             if getattr(self, name) < 1:
                 raise RatioCnnError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("val_malignant", "val_benign", "test_malignant", "test_benign", "synthetic_malignant"):
+        for name in ("val_malignant", "val_benign", "test_malignant", "test_benign", "synthetic_malignant",
+                     "eval_batch_size"):
             if getattr(self, name) < 0:
                 raise RatioCnnError(f"{name} must not be negative, got {getattr(self, name)}")
         for name in ("lr", "storage_timeout", "data_deadline"):

@@ -30,7 +30,7 @@ from ratio_cnn.model import attach_dropout_generator, build_model
 from ratio_cnn.stats import t_interval
 from ratio_cnn.storage import Storage, open_storage
 from ratio_cnn.strategies import make_plan
-from ratio_cnn.train import make_optimizer, pick_device, pick_precision, train_one_epoch
+from ratio_cnn.train import make_optimizer, pick_device, pick_eval_batch, pick_precision, train_one_epoch
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,10 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     data.check_images_exist(source, present, [s["train"] for s in samples.values()] + [sets["val"], sets["test"]])
     log.info("%s: %s", title, ", ".join(f"{s} {c['malignant']} malignant + {c['benign']} benign"
                                          for s, c in data.class_counts(sets).items()))
-    needed = list(dict.fromkeys(n for s in samples.values() for split in s.values() for n in split["image"]))
+    # Val, test, then training images: each split of the first sample is one run of rows, a view of
+    # the decoded set rather than a copy (later seeds' other samples, with --sample per-seed, are copies).
+    needed = list(dict.fromkeys(n for split in ("val", "test", "train") for s in samples.values()
+                                for n in s[split]["image"]))
     data.check_memory(len(needed), torch.device("cpu"))
     loaded = data.load_images(source, manifest, needed, present, cfg.cache_dir, data.digest(raw_manifest),
                               cfg.workers, deadline, cfg.max_skipped)
@@ -98,11 +101,9 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     if device.type == "cuda":
         data.check_memory(len(loaded.names), device)
     pool, labels = loaded.images.to(device), labels.to(device)
-    loaded.images = None  # from here on each split holds its own rows: the decoded set is not kept twice
+    loaded.images = None  # on a GPU, the CPU copy goes
     evaluation = {split: _take(pool, labels, rows[cfg.seeds[0]][split]) for split in ("val", "test")}
     shared_train = _take(pool, labels, rows[cfg.seeds[0]]["train"]) if cfg.sample == "fixed" else None
-    if shared_train:
-        del pool
     log.info("%s: training on %s (%s) for %d epochs, %d seed(s), %s", title, device, precision, cfg.epochs,
              len(cfg.seeds), ", ".join(f"{s}+{m}" for s, m in cfg.variants))
 
@@ -129,7 +130,7 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
         "variants": variants,
         "timings": {"load_seconds": load_seconds, "downloaded": loaded.downloaded, "decoded": loaded.decoded,
                     "total_seconds": time.perf_counter() - started},
-        "environment": environment(device, precision),
+        "environment": environment(device, precision) | {"eval_batch_size": pick_eval_batch(cfg.eval_batch_size, device)},
     }
 
 
@@ -152,8 +153,9 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, variant: str, strategy: str, m
         model = model.to(memory_format=torch.channels_last)
     attach_dropout_generator(model, device_generator)
     plan = make_plan(strategy, train_images, train_labels, device_generator, cfg.synthetic_malignant)
-    optimizer = make_optimizer(model, cfg.lr, device)
+    optimizer = make_optimizer(model, cfg.lr)
     generators = {"order": order_generator, "device": device_generator}
+    eval_batch = pick_eval_batch(cfg.eval_batch_size, device)
     first_epoch, history = 1, []
     if cfg.resume and (saved := folder.load_checkpoint(variant, seed)) is not None:
         last, history = checkpoint.unpack(saved, model, optimizer, generators)
@@ -167,7 +169,7 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, variant: str, strategy: str, m
         epoch_started = time.perf_counter()
         train = train_one_epoch(model, optimizer, plan, cfg.batch_size, order_generator, device_generator,
                                 precision, description=f"{title} epoch {epoch}/{cfg.epochs}")
-        val, val_logits = evaluate(model, *evaluation["val"], cfg.eval_batch_size, cfg.threshold, precision)
+        val, val_logits = evaluate(model, *evaluation["val"], eval_batch, cfg.threshold, precision)
         history.append({"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                         "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
                         "seconds": time.perf_counter() - epoch_started})
@@ -181,7 +183,7 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, variant: str, strategy: str, m
 
     # -------------------------------------------------------------------------
     # evaluation of the final model: val from the last epoch, test now
-    test, test_logits = evaluate(model, *evaluation["test"], cfg.eval_batch_size, cfg.threshold, precision)
+    test, test_logits = evaluate(model, *evaluation["test"], eval_batch, cfg.threshold, precision)
     log.info("%s test: loss %.4f acc %.3f precision %.3f recall %.3f F1 %.3f ROC-AUC %s", title, test["loss"],
              test["accuracy"], test["precision"], test["recall"], test["f1"],
              "n/a" if test["roc_auc"] is None else f"{test['roc_auc']:.3f}")
@@ -236,6 +238,9 @@ def summarise(per_seed: dict[int, dict]) -> dict:
 
 
 def _take(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """These rows of the set: a view when they are one run (no copy), else a copy."""
+    if len(rows) and bool((rows == torch.arange(rows[0], rows[0] + len(rows))).all()):
+        return images[rows[0] : rows[0] + len(rows)], labels[rows[0] : rows[0] + len(rows)]
     rows = rows.to(images.device)
     return images[rows], labels[rows]
 

@@ -91,10 +91,11 @@ def test_defaults_need_no_configuration(small_dataset, tmp_path):
     """With no --data/--out the job uses data/synthetic and results/ under the working directory."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "synthetic").symlink_to(small_dataset)
-    result = run_cli("train", "--ratio", "1", *FAST, cwd=tmp_path)
+    result = run_cli("train", "--ratio", "1", "--device", "cpu", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [job] = list((tmp_path / "results").glob("*/ratio-1"))
-    assert (job / "metrics.json").is_file()
+    environment = json.loads((job / "metrics.json").read_text())["environment"]
+    assert environment["precision"] == "fp32" and environment["eval_batch_size"] == 32  # a CPU's defaults
 
 
 def test_synth_then_train_through_s3(s3, moto_endpoint, tmp_path):
@@ -131,3 +132,26 @@ def test_help_for_every_command():
         result = run_cli(*command, "--help")
         assert result.returncode == 0 and "usage: ratio-cnn" in result.stdout
     assert "--train-malignant" in run_cli("train", "--help").stdout
+
+
+def test_every_strategy_is_one_flag_and_the_report_compares_them(small_dataset, tmp_path):
+    strategies = ("none", "pos_weight", "oversample", "augment", "synthetic")
+    out = tmp_path / "out"
+    for ratio in ("1", "2"):
+        result = run_cli("train", "--ratio", ratio, "--data", str(small_dataset), "--out", str(out), "--run-id", "grid",
+                         "--strategy", ",".join(strategies), "--synthetic-malignant", "20", "--epochs", "1",
+                         "--seeds", "2", "--batch-size", "16", "--device", "cpu", *SMALL_SPLITS)
+        assert result.returncode == 0, result.stderr
+    job = json.loads((out / "grid/ratio-2/metrics.json").read_text())
+    train = {v["strategy"]: v["seeds"]["1"]["train"] for v in job["variants"]}
+    assert set(train) == set(strategies) and all(v["model"] == "simple" for v in job["variants"])
+    assert train["none"] == {"malignant": 12, "benign": 24, "odds": 0.5}
+    assert train["synthetic"] == {"malignant": 32, "benign": 24, "odds": 32 / 24}  # 20 made from the 12
+    assert train["pos_weight"]["odds"] == train["oversample"]["odds"] == 1.0
+    for strategy in strategies:
+        assert (out / f"grid/ratio-2/{strategy}/simple/seed-1/model.pt").is_file()
+    report = run_cli("report", "--run", str(out / "grid"))
+    assert report.returncode == 0, report.stderr
+    text = (out / "grid/report.md").read_text()
+    assert "## Strategies and models" in text and "| 1:2 synthetic/simple − none/simple |" in text
+    assert "### pos_weight, simple" in text

@@ -90,3 +90,11 @@ def test_a_run_id_that_leaves_the_output_folder_is_refused(harness, tmp_path):
                               return_state=True)
     assert state.is_failed() and "run id '..' is not a valid name" in state.message
     assert not list(tmp_path.rglob("run.json"))
+
+
+def test_bad_options_fail_the_study_before_any_job_starts(harness, tmp_path):
+    options = study.TrainingOptions(**SMALL_OPTIONS | {"strategies": ["none", "smote"]})
+    state = study.ratio_study(ratios=[1, 2], data=str(tmp_path), out=str(tmp_path / "out"), run_id="bad",
+                              options=options, return_state=True)
+    assert state.is_failed() and "strategy none,smote: choose one or more of" in state.message
+    assert not (tmp_path / "out").exists()

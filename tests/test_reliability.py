@@ -69,8 +69,12 @@ def test_a_second_job_for_the_same_folder_stops_at_once_naming_the_owner(backend
     common = ["train", "--ratio", "1", "--data", str(small_dataset), "--out", out, "--run-id", "dup", *FAST]
     first = start_cli(*common, "--epochs", "4", "--seeds", "1", log=tmp_path / "first.log")
     wait_for(claim, what="the first job's claim")
-    started = time.monotonic()
-    second = run_cli(*common, "--epochs", "1", "--seeds", "1,")
+    first.send_signal(signal.SIGSTOP)  # held mid-run, however fast it trains (its claim stays fresh for 120 s)
+    try:
+        started = time.monotonic()
+        second = run_cli(*common, "--epochs", "1", "--seeds", "1,")
+    finally:
+        first.send_signal(signal.SIGCONT)
     line = one_error_line(second, "is owned by a running job", f"pid {first.pid}", "since")
     assert time.monotonic() - started < 60, line  # it stops before loading data or training
     assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
@@ -155,8 +159,12 @@ def test_a_killed_in_process_study_resumes_exactly(small_dataset, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-5000:] + resumed.stderr[-5000:]
     assert "resuming after epoch" in resumed.stdout + resumed.stderr
     for ratio in (1, 2):
+        # Side by side, each job had its share of the cores (flows.study.cpu_threads_per_job); float sums
+        # split over another number of threads round differently, so alone it gets the same share.
+        threads = json.loads((out / "study" / f"ratio-{ratio}" / "metrics.json").read_text())["environment"]["torch_threads"]
+        assert threads == max(1, (os.cpu_count() or 1) // 2)
         alone = run_cli("train", "--ratio", str(ratio), "--data", str(small_dataset), "--out", str(out),
-                        "--run-id", "alone", "--epochs", "3", "--seeds", "1", *FAST)
+                        "--run-id", "alone", "--epochs", "3", "--seeds", "1", *FAST, env={"OMP_NUM_THREADS": str(threads)})
         assert alone.returncode == 0, alone.stderr
         a, b = seed_metrics(out / "study" / f"ratio-{ratio}"), seed_metrics(out / "alone" / f"ratio-{ratio}")
         assert (a["val"], a["test"]) == (b["val"], b["test"])

@@ -50,3 +50,23 @@ def test_seeds_give_the_same_cpu_metrics_alone_and_beside_other_jobs(small_datas
     assert [(v["strategy"], v["model"], sorted(v["seeds"])) for v in job["variants"]] == [
         ("none", "simple", ["0", "1"]), ("none", "upgraded", ["0", "1"])]
     assert job["variants"][1]["summary"]["test"]["roc_auc"]["n"] == 2
+
+
+def test_the_fast_path_reaches_the_plain_paths_metrics_within_seed_noise(small_dataset, tmp_path):
+    """bf16 autocast with a channels_last model (the GPU default) against fp32 eager, same data and seeds."""
+    import numpy as np
+    import pandas as pd
+
+    out = tmp_path / "out"
+    base = dict(data=str(small_dataset), out=str(out), ratio=2, seeds=3, epochs=2, batch_size=16, train_malignant=12,
+                val_malignant=6, val_benign=20, test_malignant=6, test_benign=20, device="cpu")
+    jobs = {p: run_job(TrainConfig(run_id=p, precision=p, **base)) for p in ("fp32", "bf16")}
+    assert jobs["bf16"]["environment"]["precision"] == "bf16" and jobs["fp32"]["environment"]["precision"] == "fp32"
+    for metric in ("loss", "roc_auc"):
+        values = {p: [s["val"][metric] for s in j["variants"][0]["seeds"].values()] for p, j in jobs.items()}
+        noise = max(np.std(values["fp32"], ddof=1), np.std(values["bf16"], ddof=1), 0.02)
+        assert abs(np.mean(values["bf16"]) - np.mean(values["fp32"])) <= 3 * noise, (metric, values)
+    for seed in range(3):  # the same function, computed in another precision: its logits move together
+        logits = [pd.read_csv(out / p / "ratio-2/none/simple" / f"seed-{seed}" / "predictions.csv")["logit"]
+                  for p in ("fp32", "bf16")]
+        assert np.corrcoef(*logits)[0, 1] > 0.9
