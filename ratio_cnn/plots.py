@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display in containers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def confusion_matrices(per_split: dict[str, dict], title: str, path: Path) -> None:
@@ -38,6 +39,7 @@ def training_curves(history: pd.DataFrame, title: str, path: Path) -> None:
         for split in ("train", "val"):
             ax.plot(history["epoch"], history[f"{split}_{metric}"], marker="o", label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -56,6 +58,7 @@ def training_curves_by_seed(histories: dict[int, pd.DataFrame], title: str, path
             line = ax.plot(table.index, table.mean(axis=1), marker="o", label=f"{split} (mean)")[0]
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -305,15 +305,20 @@ def operating_points(a: Analysis) -> list[str]:
 
 def variants_section(a: Analysis) -> list[str]:
     lines = ["## Strategies and models", "",
-             f"Every variant at every ratio, against {a.baseline} at the same ratio (paired on test images and seeds).",
-             "", "| ratio | strategy | model | test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|---|"]
-    for name in a.variant_names:
-        for r in a.ratios:
-            if cell := a.cells.get((r, name)):
-                t = cell.seed_intervals["test"]
-                lines.append(f"| {cell.label} | {cell.variant.strategy} | {cell.variant.model} | {fmt(t['recall'])} | "
-                             f"{fmt(t['f1'])} | {fmt(t['roc_auc'])} | {fmt(t['average_precision'])} |")
-    lines += ["", "| comparison | " + " | ".join(NAMES[m] for m in COMPARED) + " |", "|---|" + "---|" * len(COMPARED)]
+             f"Every strategy and model at every ratio, against {a.baseline} at the same ratio (paired on test images "
+             "and seeds). Mean over seeds [95% t interval]; the rows group by strategy, then model.", ""]
+    labels = [f"1:{ratio_name(r)}" for r in a.ratios]
+    for metric in ("average_precision", "f1"):
+        lines += [f"Test {NAMES[metric]}" + (" (threshold-free)" if metric == "average_precision" else " at the threshold")
+                  + ":", "", "| strategy | model | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+        for name in sorted(a.variant_names, key=lambda n: (n.split("/")[0] != "none", n)):
+            strategy, model = name.split("/")
+            cells = [a.cells.get((r, name)) for r in a.ratios]
+            lines.append(f"| {strategy} | {model} | "
+                         + " | ".join(fmt(c.seed_intervals["test"][metric]) if c else "" for c in cells) + " |")
+        lines.append("")
+    lines += ["Differences against the baseline:", "",
+              "| comparison | " + " | ".join(NAMES[m] for m in COMPARED) + " |", "|---|" + "---|" * len(COMPARED)]
     for c in a.variant_comparisons:
         lines.append(f"| {c.a} − {c.b.split(' ')[1]} | "
                      + " | ".join(f"{signed(c.differences[m])} {_mark(c.differences[m])}" for m in COMPARED) + " |")
