@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_LOGGING_EXTRA_LOGGERS := ratio_cnn
 
-.PHONY: install study test lint clean
+.PHONY: install study test bench lint clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ study: install
 
 test: install
 	$(BIN)/python -m pytest -ra
+
+# ratio-cnn against the naive baseline (about 25 min on 2 cores): bench/results/latest.json, docs/benchmarks.md.
+bench: install
+	$(BIN)/python -m bench.run
 
 lint: install
 	$(BIN)/hadolint --no-color Dockerfile

@@ -1,0 +1,121 @@
+"""What the bench measures: one function per measured configuration.
+
+Each runs in a process of its own (bench/isolated.py) and returns plain numbers. The
+ratio-cnn side is the project's own code: `run_job`, or the parts of its loop as the job
+calls them (`load_images`, `make_plan`, `train_one_epoch`, `predict`); the naive side is
+bench/naive.py. Timed regions exclude a warm-up and drain the GPU's queue at both ends.
+"""
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from bench import naive
+from ratio_cnn.config import TrainConfig
+from ratio_cnn.data import LABELS, MANIFEST, load_images, read_manifest
+from ratio_cnn.evaluate import predict
+from ratio_cnn.job import run_job
+from ratio_cnn.model import SimpleCNN, build_model
+from ratio_cnn.storage import open_storage
+from ratio_cnn.strategies import make_plan
+from ratio_cnn.train import make_optimizer, pick_eval_batch, pick_precision, train_one_epoch
+
+WARM_UP = 64  # images (two batches) through each loop before timing: allocator, kernels, page cache
+BATCH, LR = TrainConfig.batch_size, TrainConfig.lr
+
+
+def model_and_optimizer_bytes() -> int:
+    """SimpleCNN's fp32 weights and gradients, and Adam's two moments: four copies of the weights."""
+    with torch.device("meta"):
+        return 4 * 4 * sum(p.numel() for p in SimpleCNN().parameters())
+
+
+def benchmark_rows(data: str, count: int) -> pd.DataFrame:
+    """The same `count` images, in the same order, for both pipelines."""
+    manifest = read_manifest((Path(data) / MANIFEST).read_bytes(), data)
+    return manifest.sample(count, random_state=0)
+
+
+def _timed(work: Callable[[], object], device: torch.device, repeat: int) -> float:
+    """Seconds for `repeat` calls of work()."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def loop_ratio_cnn(data: str, count: int, epochs: int, device: str = "cpu", precision: str = "auto") -> dict:
+    """Images/s of the job's loop: decoded once, then `epochs` of training and of evaluation."""
+    device = torch.device(device)
+    precision = pick_precision(precision, device)  # auto: what the job would pick here
+    rows = benchmark_rows(data, count)
+    storage = open_storage(data)
+    started = time.perf_counter()
+    loaded = load_images(storage, rows, list(rows["image"]), storage.list_versions(), None, "", TrainConfig.workers,
+                         time.monotonic() + TrainConfig.data_deadline, max_skipped=0)
+    decode_seconds = time.perf_counter() - started
+    images = loaded.images.to(device)
+    labels = torch.tensor(rows["label"].map(LABELS).to_numpy(), dtype=torch.float32, device=device)
+    model = build_model("simple", torch.Generator().manual_seed(0)).to(device)
+    if precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)  # as the job does
+    optimizer = make_optimizer(model, LR)
+    eval_batch = pick_eval_batch(TrainConfig.eval_batch_size, device)
+    order, draws = torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(0)
+    warm_up = make_plan("none", images[:WARM_UP], labels[:WARM_UP], draws)
+    plan = make_plan("none", images, labels, draws)
+
+    train_one_epoch(model, optimizer, warm_up, BATCH, order, draws, precision)
+    train = _timed(lambda: train_one_epoch(model, optimizer, plan, BATCH, order, draws, precision), device, epochs)
+    predict(model, images[:WARM_UP], eval_batch, precision)
+    evaluation = _timed(lambda: predict(model, images, eval_batch, precision), device, epochs)
+    return {"train_images_per_second": epochs * count / train, "eval_images_per_second": epochs * count / evaluation,
+            "decode_images_per_second": count / decode_seconds, "eval_batch_size": eval_batch, "precision": precision}
+
+
+def loop_naive(data: str, count: int, epochs: int, device: str = "cpu", num_workers: int = 0) -> dict:
+    """Images/s of the baseline: its loader alone, then `epochs` of training and of evaluation."""
+    device = torch.device(device)
+    rows = benchmark_rows(data, count)
+    train_loader, eval_loader = (naive.make_loader(Path(data), rows, shuffle, num_workers) for shuffle in (True, False))
+    warm_up = naive.make_loader(Path(data), rows.iloc[:WARM_UP], True, num_workers)
+    model, optimizer = naive.new_model(0, device)
+
+    list(warm_up)
+    loader_only = _timed(lambda: list(train_loader), device, epochs)  # open, decode, ToTensor, Normalize, collate
+    naive.train_epoch(model, warm_up, optimizer, device)
+    train = _timed(lambda: naive.train_epoch(model, train_loader, optimizer, device), device, epochs)
+    naive.predict(model, warm_up, device)
+    evaluation = _timed(lambda: naive.predict(model, eval_loader, device), device, epochs)
+    return {"train_images_per_second": epochs * count / train, "eval_images_per_second": epochs * count / evaluation,
+            "loader_images_per_second": epochs * count / loader_only, "eval_batch_size": BATCH,
+            "num_workers": num_workers}
+
+
+def job(data: str, out: str, cache: str, ratio: float, options: dict) -> dict:
+    """One whole ratio-cnn job (`run_job`): its timings and how many images it held decoded."""
+    metrics = run_job(TrainConfig(ratio=ratio, data=data, out=out, cache=cache, run_id="bench", **options))
+    return {"images": sum(c["malignant"] + c["benign"] for c in metrics["data"]["counts"].values()),
+            "eval_batch_size": metrics["environment"]["eval_batch_size"], "timings": metrics["timings"],
+            "train_images_per_second": [s["timings"]["train_images_per_second"]
+                                        for v in metrics["variants"] for s in v["seeds"].values()]}
+
+
+def study_ratio_cnn(data: str, out: str, cache: str, ratios: list[float], options: dict, concurrent: bool) -> dict:
+    """Every ratio's job in this process, one after another or all at once in threads (as the
+    in-process Prefect study runs them)."""
+    configs = [TrainConfig(ratio=r, data=data, out=out, cache=cache, run_id="bench", **options) for r in ratios]
+    if concurrent:
+        with ThreadPoolExecutor(len(configs)) as pool:
+            jobs = list(pool.map(run_job, configs))
+    else:
+        jobs = [run_job(cfg) for cfg in configs]
+    return {"job_seconds": [j["timings"]["total_seconds"] for j in jobs],
+            "decoded": sum(j["timings"]["decoded"] for j in jobs)}
