@@ -155,12 +155,13 @@ def measure_scale(data: Path, work: Path, sizes: Sizes) -> dict:
 
 
 def conditions(quick: bool, sizes: Sizes) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
         "quick": quick,
-        "machine": {"cpu": _cpu_model(), "cores": CORES, "ram_bytes": _ram_bytes(), "host": platform.node(),
-                    "native_bf16": bool({"avx512_bf16", "amx_bf16"} & set(Path("/proc/cpuinfo").read_text().split())),
+        "machine": {"cpu": _cpu_model(cpuinfo), "cores": CORES, "ram_bytes": _ram_bytes(), "host": platform.node(),
+                    "native_bf16": bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split())),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "versions": {"python": platform.python_version(), **{p: version(p) for p in (
             "torch", "torchvision", "numpy", "pillow", "boto3", "moto")}},
@@ -169,8 +170,8 @@ def conditions(quick: bool, sizes: Sizes) -> dict:
     }
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
+def _cpu_model(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"

@@ -30,7 +30,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 import torch
 
 from ratio_cnn import report
-from ratio_cnn.config import TrainConfig, check_name, new_run_id, parse_names, parse_seeds, ratio_name
+from ratio_cnn.config import LIST_OPTIONS, TrainConfig, check_name, new_run_id, ratio_name
 from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 from ratio_cnn.job import run_job
@@ -38,6 +38,7 @@ from ratio_cnn.job_folder import FolderBusy
 from ratio_cnn.results import RUN_FILE
 from ratio_cnn.storage import join, open_storage
 from ratio_cnn.synth import make_synthetic_dataset
+from ratio_cnn.train import pick_device
 
 # `make study` on a 2-core CPU: 4 ratios x 3 seeds x STUDY_EPOCHS fit in its 10-minute budget
 # (measured, README); on a GPU the study's own 5 epochs and 5 seeds take seconds.
@@ -85,7 +86,11 @@ def train_job(cfg: TrainConfig) -> dict:
 @flow(name="train-ratio")
 def train_ratio(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions = TrainingOptions()) -> dict:
     """One ratio: the same job as `ratio-cnn train`."""
-    return train_job(TrainConfig(ratio=ratio, data=data, out=out, run_id=run_id, **options.model_dump()))
+    return train_job(job_config(ratio, data, out, run_id, options))
+
+
+def job_config(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions) -> TrainConfig:
+    return TrainConfig(ratio=ratio, data=data, out=out, run_id=run_id, **options.model_dump())
 
 
 @task(cache_policy=NO_CACHE)
@@ -133,7 +138,7 @@ def cpu_threads_per_job(jobs: int):
     125 s, two each 124 s, one job at a time 136 s in fp32; 104, 116 and 115 s in an earlier bf16
     run. torch's thread count is the process's: restored afterwards."""
     before = torch.get_num_threads()
-    if jobs > 1 and not torch.cuda.is_available():
+    if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
     try:
         yield
@@ -155,11 +160,13 @@ def ratio_study(
     logger = get_run_logger()
     run_id = check_name("run id", run_id or new_run_id())  # it names a folder: nothing outside `out`
     for ratio in ratios:  # every job's options checked before any job starts
-        TrainConfig(ratio=ratio, data=data, out=out, run_id=run_id, **options.model_dump())
+        job_config(ratio, data, out, run_id, options)
     record_run(join(out, run_id), run_id, ratios, data, options, launch)
     logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in ratios),
                 launch, join(out, run_id))
-    with cpu_threads_per_job(len(ratios) if launch == "in-process" and options.device != "cuda" else 1):
+    # The jobs' own device rule; "cuda" with no GPU is left to each job, which fails saying so.
+    on_cpu = options.device != "cuda" and pick_device(options.device).type == "cpu"
+    with cpu_threads_per_job(len(ratios) if launch == "in-process" and on_cpu else 1):
         launches = {r: launch_ratio.submit(r, data, out, run_id, options, launch, train_deployment) for r in ratios}
         for future in launches.values():
             future.wait()
@@ -191,11 +198,12 @@ def main() -> None:
     if bad := [item for item in args.set if "=" not in item]:
         parser.error(f"--set needs OPTION=VALUE, got {bad[0]!r}")
     try:
-        given = dict(item.split("=", 1) for item in args.set)
-        lists = {f.name for f in dataclasses.fields(TrainConfig) if f.default is dataclasses.MISSING}  # strategies…
-        options = TrainingOptions(**{"epochs": args.epochs, "seeds": parse_seeds(args.seeds)}
-                                  | {k: parse_names(v) if k in lists else v for k, v in given.items()})
+        given = {"epochs": args.epochs, "seeds": args.seeds} | dict(item.split("=", 1) for item in args.set)
+        options = TrainingOptions(**{k: LIST_OPTIONS[k](v) if k in LIST_OPTIONS else v for k, v in given.items()})
         ratios = [float(r) for r in args.ratios.split(",")]
+        run_id = check_name("run id", args.run_id or new_run_id())
+        for ratio in ratios:  # one line here, before Prefect starts, rather than a failed flow run
+            job_config(ratio, args.data, args.out, run_id, options)
     except ValidationError as e:
         first = e.errors()[0]
         raise SystemExit(f"flows.study: error: option {'.'.join(map(str, first['loc']))}: {first['msg']} (--set "
@@ -205,7 +213,7 @@ def main() -> None:
     if args.data == "data/synthetic" and not open_storage(args.data).exists(MANIFEST):
         print(f"making the synthetic dataset in {args.data} (about 30 s)", flush=True)
         make_synthetic_dataset(args.data)
-    state = ratio_study(ratios=ratios, data=args.data, out=args.out, run_id=args.run_id, options=options,
+    state = ratio_study(ratios=ratios, data=args.data, out=args.out, run_id=run_id, options=options,
                         return_state=True)
     if not state.is_completed():
         raise SystemExit(f"\nthe study failed: {state.message}")

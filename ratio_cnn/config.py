@@ -67,6 +67,10 @@ def parse_names(value) -> list[str]:
     return [n for n in names if n]
 
 
+# The options that hold lists, and how a comma string (a flag, `--set`) becomes one.
+LIST_OPTIONS = {"seeds": parse_seeds, "strategies": parse_names, "models": parse_names}
+
+
 def default_cache() -> str:
     return os.environ.get("RATIO_CNN_CACHE") or str(Path.home() / ".cache" / "ratio-cnn")
 
@@ -155,8 +159,8 @@ class TrainConfig:
         if self.train_benign < 1:
             raise RatioCnnError(f"ratio {self.ratio:g} x {self.train_malignant} malignant images rounds to no benign one: "
                                 "raise --ratio or --train-malignant")
-        self.seeds = parse_seeds(self.seeds)
-        self.strategies, self.models = parse_names(self.strategies), parse_names(self.models)
+        for name, parse in LIST_OPTIONS.items():
+            setattr(self, name, parse(getattr(self, name)))
         for name, chosen, allowed in (("strategy", self.strategies, STRATEGIES), ("model", self.models, MODELS)):
             unknown = [c for c in chosen if c not in allowed]
             if not chosen or unknown or len(set(chosen)) < len(chosen):

@@ -1,5 +1,7 @@
 """Flow logic on Prefect's test harness: fan-out, a failing ratio, the report, retries."""
 import json
+import subprocess
+import sys
 
 import pytest
 from prefect.artifacts import Artifact
@@ -97,4 +99,16 @@ def test_bad_options_fail_the_study_before_any_job_starts(harness, tmp_path):
     state = study.ratio_study(ratios=[1, 2], data=str(tmp_path), out=str(tmp_path / "out"), run_id="bad",
                               options=options, return_state=True)
     assert state.is_failed() and "strategy none,smote: choose one or more of" in state.message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    ("strategies=none,smote", "flows.study: error: strategy none,smote: choose one or more of"),
+    ("seeds=0,0", "flows.study: error: seeds [0, 0] lists a seed twice"),
+])
+def test_the_study_command_refuses_bad_options_in_one_line_before_prefect_starts(option, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flows.study", "--out", str(tmp_path / "out"), "--set", option],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith(message)
     assert not (tmp_path / "out").exists()
