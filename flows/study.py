@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
@@ -33,6 +32,7 @@ from ratio_cnn import report
 from ratio_cnn.config import LIST_OPTIONS, TrainConfig, check_name, new_run_id, ratio_name
 from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
+from ratio_cnn.host import utc_now
 from ratio_cnn.job import run_job
 from ratio_cnn.job_folder import FolderBusy
 from ratio_cnn.results import RUN_FILE
@@ -108,7 +108,7 @@ def launch_ratio(ratio: float, data: str, out: str, run_id: str, options: Traini
 @task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
 def record_run(run_uri: str, run_id: str, ratios: list[float], data: str, options: TrainingOptions, launch: str) -> None:
     meta = {"run_id": run_id, "ratios": ratios, "data": data, "options": options.model_dump(), "launch": launch,
-            "started": datetime.now(timezone.utc).isoformat()}
+            "started": utc_now()}
     open_storage(run_uri).put(RUN_FILE, json.dumps(meta, indent=2).encode())
 
 
@@ -126,7 +126,7 @@ def build_report(out: str, run_id: str) -> str:
         get_run_logger().warning("run %s: %d headline metrics dropped beyond their interval (top of the report)",
                                  run_id, len(written.regressions))
     if all(r.metrics for r in written.results):
-        latest = {"run_id": run_id, "report": written.uri, "finished": datetime.now(timezone.utc).isoformat()}
+        latest = {"run_id": run_id, "report": written.uri, "finished": utc_now()}
         open_storage(out).put("latest.json", json.dumps(latest, indent=2).encode())
     return written.uri
 

@@ -16,12 +16,12 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from ratio_cnn.host import write_atomically
 from ratio_cnn.model import IMAGE_SIZE
 
 ROW_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -30,15 +30,6 @@ OK = "ok"
 
 def _hash(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ObjectCache:
@@ -59,7 +50,7 @@ class ObjectCache:
 
     def put(self, key: str, version: str, data: bytes) -> None:
         try:
-            _write_atomically(self._path(key, version), data)
+            write_atomically(self._path(key, version), data)
         except OSError:  # a full or read-only cache costs speed, never the job
             pass
 
@@ -111,7 +102,7 @@ class DecodedImages:
         del images
         for row, version, status in zip(rows, versions, statuses):
             index["versions"][row], index["status"][row] = version, status
-        _write_atomically(self.index_path, json.dumps(index).encode())
+        write_atomically(self.index_path, json.dumps(index).encode())
 
     def read(self, rows: list[int], into: np.ndarray, at: list[int], chunk: int = 1024) -> None:
         """Copy rows into `into[at]`, a chunk at a time so no second full copy is ever held."""

@@ -4,6 +4,7 @@ import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 from torch import nn
 
+from ratio_cnn.stats import sigmoid
 from ratio_cnn.train import autocast, normalise
 
 
@@ -45,5 +46,4 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     logits = predict(model, images, batch_size, precision)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
     logits = logits.cpu().numpy()
-    probabilities = 1 / (1 + np.exp(-logits.astype(np.float64)))
-    return {"loss": loss, **binary_metrics(labels.cpu().numpy(), probabilities, threshold)}, logits
+    return {"loss": loss, **binary_metrics(labels.cpu().numpy(), sigmoid(logits), threshold)}, logits

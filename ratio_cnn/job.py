@@ -25,17 +25,14 @@ from ratio_cnn.config import TrainConfig, ratio_name, variant_folder
 from ratio_cnn.data import LABELS, LoadedImages
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.evaluate import evaluate
-from ratio_cnn.job_folder import JobFolder, METRICS
+from ratio_cnn.job_folder import JobFolder
 from ratio_cnn.model import attach_dropout_generator, build_model
-from ratio_cnn.stats import t_interval
+from ratio_cnn.stats import METRICS, sigmoid, t_interval
 from ratio_cnn.storage import Storage, open_storage
 from ratio_cnn.strategies import make_plan
 from ratio_cnn.train import make_optimizer, pick_device, pick_eval_batch, pick_precision, train_one_epoch
 
 log = logging.getLogger(__name__)
-
-SUMMARY = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
-
 
 def run_job(cfg: TrainConfig, flow_run: str | None = None) -> dict:
     """Run the job; on failure leave error.json (the reason) where metrics.json would be."""
@@ -198,7 +195,7 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, variant: str, strategy: str, m
     predictions = pd.concat([
         pd.DataFrame({"split": split, "image": [loaded.names[i] for i in rows[split].tolist()],
                       "label": np.where(evaluation[split][1].cpu().numpy() == 1, "malignant", "benign"),
-                      "logit": logits.astype(np.float64), "probability": 1 / (1 + np.exp(-logits.astype(np.float64)))})
+                      "logit": logits.astype(np.float64), "probability": sigmoid(logits)})
         for split, logits in (("val", val_logits), ("test", test_logits))])
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)  # loads with weights_only=True
@@ -231,7 +228,7 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     summary = {}
     for split in ("val", "test"):
         summary[split] = {}
-        for metric in SUMMARY:
+        for metric in METRICS:
             values = [m[split][metric] for m in per_seed.values() if m[split][metric] is not None]
             summary[split][metric] = t_interval(values).to_dict() if values else None
     return summary

@@ -26,10 +26,10 @@ import secrets
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable, Terminated
+from ratio_cnn.host import age_seconds, process_alive, process_start, utc_now
 from ratio_cnn.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -45,43 +45,14 @@ OPERATIONAL = {"resume", "workers", "cache", "checkpoint_every", "storage_timeou
                "eval_batch_size"}
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _age_seconds(stamp: str) -> float:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(stamp)).total_seconds()
-
-
-def _process_start() -> str:
-    """Tells a pid from a later process that reused it (Linux; empty elsewhere)."""
-    try:
-        return Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _alive(pid: int, start: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start or not start
-    except (OSError, IndexError):
-        return True
-
-
 def owner_gone(claim: dict) -> bool:
     """The claim's job is dead: its pid is gone on this host, or its heartbeat is stale."""
     owner = claim.get("owner", {})
     if owner.get("host") == platform.node() and isinstance(owner.get("pid"), int):
-        if not _alive(owner["pid"], owner.get("process_start", "")):
+        if not process_alive(owner["pid"], owner.get("process_start", "")):
             return True
     try:
-        return _age_seconds(claim["heartbeat"]) > STALE_SECONDS
+        return age_seconds(claim["heartbeat"]) > STALE_SECONDS
     except (KeyError, TypeError, ValueError):
         return True
 
@@ -97,7 +68,7 @@ class LostClaim(RatioCnnError):
 class JobFolder:
     def __init__(self, out: Storage, prefix: str, staging: Path, flow_run: str | None = None) -> None:
         self.out, self.prefix, self.staging = out, prefix, staging
-        self.owner = {"host": platform.node(), "pid": os.getpid(), "process_start": _process_start(),
+        self.owner = {"host": platform.node(), "pid": os.getpid(), "process_start": process_start(),
                       "flow_run": flow_run, "token": secrets.token_hex(8)}
         self._version: str | None = None  # of claim.json as this job last wrote it
         self._claim: dict = {}
@@ -124,7 +95,7 @@ class JobFolder:
         """Own the folder, or stop with a line that says who does and what to do."""
         if self.out.exists(self.key(METRICS)):
             raise RatioCnnError(f"{self.describe(METRICS)} already exists: that job is complete; pick another --run-id")
-        self._claim = {"state": "running", "owner": self.owner, "started": now(), "heartbeat": now(),
+        self._claim = {"state": "running", "owner": self.owner, "started": utc_now(), "heartbeat": utc_now(),
                        "config": config}
         if self.out.create(self.key(CLAIM), self._encode()):
             self._learn_version()
@@ -151,7 +122,7 @@ class JobFolder:
         if changed:
             raise RatioCnnError(f"cannot resume {self.describe()}: it was started with other "
                                 f"{', '.join(sorted(changed))}; resume with the same options, or pick another --run-id")
-        self._claim["started"] = held.get("started", now())
+        self._claim["started"] = held.get("started", utc_now())
         if not self.out.replace(self.key(CLAIM), self._encode(), version):
             raise FolderBusy(f"{self.describe()} was taken over by another job at the same moment: pick another --run-id")
         self._learn_version()
@@ -185,7 +156,7 @@ class JobFolder:
         def beat():
             while not self._stop.wait(HEARTBEAT_SECONDS):
                 try:
-                    if not self._set_state(heartbeat=now()):
+                    if not self._set_state(heartbeat=utc_now()):
                         return
                 except RatioCnnError as e:  # storage down for a moment: the next beat tries again
                     log.warning("could not refresh the claim on %s: %s", self.describe(CLAIM), e)
@@ -201,7 +172,7 @@ class JobFolder:
         self.check_owner()
         self._put(self.key(METRICS), json.dumps(metrics, indent=2).encode())
         self._stop.set()
-        self._set_state(state="finished", heartbeat=now())
+        self._set_state(state="finished", heartbeat=utc_now())
 
     def fail(self, error: BaseException) -> None:
         """Record why in error.json (when this job still owns the folder)."""
@@ -216,11 +187,11 @@ class JobFolder:
             state, reason = "failed", str(error) or type(error).__name__
         else:
             state, reason = "stopped", f"stopped by {type(error).__name__}"
-        record = {"state": state, "error": reason, "type": type(error).__name__, "at": now(),
+        record = {"state": state, "error": reason, "type": type(error).__name__, "at": utc_now(),
                   "resume": "ratio-cnn train … --resume (same options) continues from the last checkpoint"}
         try:
             self.out.put(self.key(ERROR), json.dumps(record, indent=2).encode())
-            self._set_state(state=state, heartbeat=now())
+            self._set_state(state=state, heartbeat=utc_now())
         except RatioCnnError as e:  # storage itself is down: the caller still sees the first error
             log.warning("could not record the failure in %s: %s", self.describe(), e)
 

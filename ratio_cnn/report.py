@@ -7,12 +7,12 @@ beside them. This module only turns those numbers into text.
 import json
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ratio_cnn import history, plots
 from ratio_cnn.analysis import BASELINE, COMPARED, RESAMPLES, Analysis, Comparison, VariantAnalysis, analyse
 from ratio_cnn.config import ratio_name
+from ratio_cnn.host import utc_now
 from ratio_cnn.results import RatioResult, collect
 from ratio_cnn.stats import Interval, verdict
 from ratio_cnn.storage import Storage, open_storage
@@ -53,7 +53,7 @@ def write_report(run_uri: str) -> WrittenReport:
     if done:
         analysis = analyse(run, results, done[0].metrics["config"]["threshold"])
         draw_figures(run, analysis)
-        summary = history.run_summary(run_id, now(), len(done) == len(results), analysis, done[0].metrics)
+        summary = history.run_summary(run_id, utc_now(), len(done) == len(results), analysis, done[0].metrics)
         previous = history.previous_run(out, summary)
         changes = history.compare_runs(out, previous["run_id"], analysis) if previous else []
     markdown = render_markdown(run_id, results, analysis, previous, changes)
@@ -63,10 +63,6 @@ def write_report(run_uri: str) -> WrittenReport:
     index = history.render_index(history.summaries(out))
     out.put(history.INDEX, index.encode())
     return WrittenReport(run.describe(REPORT), markdown, results, analysis, changes, index)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def draw_figures(run: Storage, analysis: Analysis) -> None:

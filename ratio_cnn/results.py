@@ -17,11 +17,11 @@ import pandas as pd
 from ratio_cnn.config import NAME, ratio_name
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.job_folder import CLAIM, ERROR, METRICS, owner_gone
+from ratio_cnn import stats
 from ratio_cnn.storage import Storage
 
 RUN_FILE = "run.json"
 RATIO_FOLDER = re.compile(r"ratio-([0-9]+(?:\.[0-9]+)?)/")
-SPLIT_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
 
 
 @dataclass
@@ -125,7 +125,7 @@ def check_job_metrics(m: dict, where: str) -> dict:
                 if not str(seed).isdigit():
                     raise bad(f"names a seed {seed!r}")
                 for split in ("val", "test"):
-                    for name in SPLIT_METRICS:
+                    for name in stats.METRICS:
                         value = sm[split][name]
                         if not (value is None and name in ("roc_auc", "average_precision")) and not _finite(value):
                             raise bad(f"has {split} {name} {value!r} for seed {seed}")

@@ -111,7 +111,7 @@ def metric_matrix(labels, logits, weights, thresholds) -> dict[str, np.ndarray]:
     thresholds = np.asarray(thresholds, dtype=float)
     if thresholds.ndim > 1 or thresholds.size not in (1, len(logits)):
         raise ValueError(f"thresholds must be one probability or one per seed ({len(logits)}), got {thresholds.shape}")
-    probability = _probability(logits)
+    probability = sigmoid(logits)
 
     positives = y @ w_t  # (B,)
     predicted = (probability >= thresholds.reshape(-1, 1)).astype(float)  # (S, n)
@@ -276,7 +276,7 @@ def _operating_points(labels, logits) -> tuple[np.ndarray, np.ndarray, np.ndarra
     y, logits = _check_inputs(labels, np.reshape(logits, (1, -1)))
     if y.sum() == 0:
         raise ValueError("the validation labels hold no malignant image: no operating point can be chosen")
-    probability = _probability(logits[0])
+    probability = sigmoid(logits[0])
     order = np.argsort(-probability, kind="stable")
     ranked = probability[order]
     ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # last index of each run of equal scores
@@ -293,7 +293,7 @@ def roc_band(labels, logits, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndar
     y, logits = _check_inputs(labels, logits)
     grid = _unit_grid(grid)
     curves = []
-    for probability in _probability(logits):
+    for probability in sigmoid(logits):
         fpr, tpr, _ = roc_curve(y, probability)
         # np.interp reads a repeated fpr at its last point: a vertical step counts at its top
         curves.append(np.interp(grid, fpr, tpr))
@@ -310,7 +310,7 @@ def pr_band(labels, logits, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarr
     y, logits = _check_inputs(labels, logits)
     grid = _unit_grid(grid)
     curves = []
-    for probability in _probability(logits):
+    for probability in sigmoid(logits):
         precision, recall, _ = precision_recall_curve(y, probability)
         # drop the (recall 0, precision 1) end scikit-learn appends: no threshold reaches it
         precision, recall = precision[:-1], recall[:-1]  # recall falls along the arrays
@@ -323,7 +323,8 @@ def pr_band(labels, logits, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 # ---------------------------------------------------------------- helpers
 
-def _probability(logits: np.ndarray) -> np.ndarray:
+def sigmoid(logits) -> np.ndarray:
+    """The probability of a logit, in float64: every probability the project reports is this one."""
     with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for logit < -709: probability 0
         return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
