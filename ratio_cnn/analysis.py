@@ -98,7 +98,7 @@ def analyse_variant(run: Storage, result: RatioResult, variant: Variant, thresho
     val = load_predictions(run, result, variant, "val")
     test = load_predictions(run, result, variant, "test")
     seeds = [variant.seeds[s] for s in test.seeds]
-    seed_intervals = {split: {m: _t([s[split][m] for s in seeds], None if m == "loss" else 1.0) for m in stats.METRICS}
+    seed_intervals = {split: {m: stats.seed_interval([s[split][m] for s in seeds], None if m == "loss" else 1.0) for m in stats.METRICS}
                       for split in ("val", "test")}
 
     # Operating points: chosen on val for each seed, applied to that seed's test predictions.
@@ -115,8 +115,8 @@ def analyse_variant(run: Storage, result: RatioResult, variant: Variant, thresho
     operating_points = {}
     for key, (rule, thresholds) in rules.items():
         per_seed = stats.metric_matrix(test.labels, test.logits, np.ones((1, len(test.labels))), thresholds)
-        operating_points[key] = OperatingPoint(rule, thresholds, _t(thresholds),
-                                               {m: _t(per_seed[m][:, 0]) for m in ("precision", "recall", "f1")})
+        operating_points[key] = OperatingPoint(rule, thresholds, stats.seed_interval(thresholds),
+                                               {m: stats.seed_interval(per_seed[m][:, 0]) for m in ("precision", "recall", "f1")})
     return VariantAnalysis(
         ratio=result.ratio, variant=variant, test=test, seed_intervals=seed_intervals,
         bootstrap=stats.bootstrap_intervals(test.labels, test.logits, threshold, RESAMPLES, BOOTSTRAP_SEED),
@@ -134,15 +134,3 @@ def compare(a: VariantAnalysis, b: VariantAnalysis, label_a: str, label_b: str, 
                                              (b.operating_points[rule], b.test.seeds))]
     differences = stats.paired_differences(ta.labels, ta.logits, tb.logits, *thresholds, RESAMPLES, BOOTSTRAP_SEED)
     return Comparison(label_a, label_b, rule, {m: differences[m] for m in COMPARED})
-
-
-def _t(values, high: float | None = 1.0) -> Interval | None:
-    """Mean over seeds with a t interval, cut to the range the metric cannot leave ([0, 1],
-    or [0, inf) for the loss): with 2 or 3 seeds a t interval easily reaches past it."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    i = stats.t_interval(values)
-    if i.low is None:
-        return i
-    return Interval(i.mean, max(i.low, 0.0), i.high if high is None else min(i.high, high), i.n)

@@ -190,6 +190,11 @@ class TrainConfig:
         return asdict(self)
 
 
+# Options that change how a job runs, not what it computes: they may differ when a job is resumed,
+# and two runs that differ only in them are comparable (history.py).
+OPERATIONAL = {"resume", "workers", "cache", "checkpoint_every", "storage_timeout", "data_deadline", "device",
+               "eval_batch_size"}
+
 # The names the job accepts; model.py and strategies.py hold what they mean (checked by a test).
 STRATEGIES = ("none", "pos_weight", "oversample", "augment", "synthetic")
 MODELS = ("simple", "upgraded")

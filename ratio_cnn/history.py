@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from ratio_cnn.analysis import Analysis, analyse, compare
+from ratio_cnn.config import OPERATIONAL
 from ratio_cnn.errors import RatioCnnError
-from ratio_cnn.job_folder import OPERATIONAL
 from ratio_cnn.results import collect, load_json
 from ratio_cnn.stats import Interval
 from ratio_cnn.storage import Storage, join, open_storage

@@ -27,7 +27,7 @@ from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.evaluate import evaluate
 from ratio_cnn.job_folder import JobFolder
 from ratio_cnn.model import attach_dropout_generator, build_model
-from ratio_cnn.stats import METRICS, sigmoid, t_interval
+from ratio_cnn.stats import METRICS, seed_interval, sigmoid
 from ratio_cnn.storage import Storage, open_storage
 from ratio_cnn.strategies import make_plan
 from ratio_cnn.train import make_optimizer, pick_device, pick_eval_batch, pick_precision, train_one_epoch
@@ -224,14 +224,11 @@ def write_variant_figures(folder: JobFolder, variant: str, per_seed: dict, title
 
 
 def summarise(per_seed: dict[int, dict]) -> dict:
-    """Mean over seeds with a 95% t interval, for every metric of val and test."""
-    summary = {}
-    for split in ("val", "test"):
-        summary[split] = {}
-        for metric in METRICS:
-            values = [m[split][metric] for m in per_seed.values() if m[split][metric] is not None]
-            summary[split][metric] = t_interval(values).to_dict() if values else None
-    return summary
+    """Mean over seeds with a 95% t interval (stats.seed_interval, as the report's), for every metric of val and test."""
+    intervals = {split: {metric: seed_interval([m[split][metric] for m in per_seed.values()],
+                                               None if metric == "loss" else 1.0) for metric in METRICS}
+                 for split in ("val", "test")}
+    return {split: {metric: i and i.to_dict() for metric, i in by_metric.items()} for split, by_metric in intervals.items()}
 
 
 def _take(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

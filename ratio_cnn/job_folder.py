@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from ratio_cnn.config import OPERATIONAL
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable, Terminated
 from ratio_cnn.host import age_seconds, process_alive, process_start, utc_now
 from ratio_cnn.storage import Storage
@@ -40,9 +41,6 @@ SEED_FILES = ("history.csv", "predictions.csv", "model.pt")  # then the seed's m
 HEARTBEAT_SECONDS = 20  # how often a running job refreshes its claim
 STALE_SECONDS = 120  # a claim not refreshed for this long belongs to a job that is gone
 UPLOAD_RETRIES = (2, 4, 8, 16, 30)  # seconds between upload attempts: rides out a minute-long outage
-# Options that may change when a job is resumed: they change how it runs, not what it computes.
-OPERATIONAL = {"resume", "workers", "cache", "checkpoint_every", "storage_timeout", "data_deadline", "device",
-               "eval_batch_size"}
 
 
 def owner_gone(claim: dict) -> bool:

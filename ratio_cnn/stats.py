@@ -60,6 +60,22 @@ def t_interval(values, level: float = 0.95) -> Interval:
     return Interval(mean, mean - float(half), mean + float(half), values.size)
 
 
+def seed_interval(values, high: float | None = 1.0) -> Interval | None:
+    """Mean over seeds with a 95% t interval, cut to the range the metric cannot leave: [0, 1], or
+    [0, inf) with high=None (the loss). With 2 or 3 seeds a t interval easily reaches past it.
+    None where no seed has a value (ROC-AUC of a single-class set); values that are None are left out.
+
+    The one rule for an interval over seeds: metrics.json and the report both use it.
+    """
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    i = t_interval(values)
+    if i.low is None:
+        return i
+    return Interval(i.mean, max(i.low, 0.0), i.high if high is None else min(i.high, high), i.n)
+
+
 # ---------------------------------------------------------------- resampling
 
 def resample_weights(labels, resamples: int = 2000, seed=0) -> np.ndarray:
