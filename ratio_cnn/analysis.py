@@ -3,7 +3,10 @@
 For every (ratio, strategy, model): the seeds' mean with a t interval, the test set's own
 noise as a bootstrap interval, operating points chosen on val, and ROC/PR bands. Across
 them: paired differences (same test images, same seeds) between ratios and against the
-baseline variant, each with a bootstrap interval over test images and seeds.
+baseline variant, each with a bootstrap interval over test images and seeds. And the few
+numbers the findings state from those: what the prior-shift correction removes, the widest
+interval over seeds, how many exclusions of 0 chance alone would give, which comparisons
+differ in ranking. report.py only words them.
 """
 from dataclasses import dataclass, field
 
@@ -20,6 +23,8 @@ BOOTSTRAP_SEED = 0  # the same resamples every time the report is built
 COMPARED = ("recall", "precision", "f1", "roc_auc", "average_precision")
 BASELINE = "none/simple"  # today's training: what strategies and models are compared against
 RECALL_TARGET = 0.80
+CHANCE = 0.05  # how often a 95% interval excludes 0 when nothing differs
+RANKING = ("roc_auc", "average_precision")  # threshold-free: how well a model ranks images
 
 
 @dataclass
@@ -45,6 +50,11 @@ class VariantAnalysis:
     def label(self) -> str:
         return f"1:{ratio_name(self.ratio)}"
 
+    @property
+    def malignant_share(self) -> float:
+        """Of the test images: the precision of a model that guesses, where PR curves bottom out."""
+        return self.test.labels.mean()
+
 
 @dataclass
 class Comparison:
@@ -52,6 +62,18 @@ class Comparison:
     b: str
     rule: str  # which operating point the threshold metrics use
     differences: dict[str, Interval]  # A - B
+
+    def real(self, metric: str) -> bool:
+        return stats.verdict(self.differences[metric]) == "real"
+
+
+@dataclass
+class CorrectionEffect:
+    """One threshold metric's difference between the extreme ratios, before and after the prior-shift correction."""
+    metric: str
+    at_threshold: Interval  # highest ratio − lowest, at the threshold
+    corrected: Interval  # the same after the correction
+    removed: float  # share of the difference the correction removes: < 0 if it grows, NaN if there was none
 
 
 @dataclass
@@ -63,6 +85,18 @@ class Analysis:
     ratio_comparisons: list[Comparison] = field(default_factory=list)
     corrected_comparisons: list[Comparison] = field(default_factory=list)
     variant_comparisons: list[Comparison] = field(default_factory=list)
+    correction_effects: list[CorrectionEffect] = field(default_factory=list)  # empty with fewer than two ratios
+    widest_recall: Interval | None = None  # the baseline's widest test-recall interval over seeds
+    tests: int = 0  # intervals between ratios: each could exclude 0 by chance
+    chance_exclusions: float = 0.0  # how many of them would, on average, if no ratio made a difference
+    ranking_differs: list[Comparison] = field(default_factory=list)  # ratio comparisons real in ROC-AUC or AP
+    ranks_better: list[Comparison] = field(default_factory=list)  # variants with a real gain in ROC-AUC or AP
+    ranks_worse: list[Comparison] = field(default_factory=list)  # variants with a real loss in ROC-AUC or AP
+
+    @property
+    def baseline_cells(self) -> list[VariantAnalysis]:
+        """The baseline variant at every ratio that has it, lowest ratio first."""
+        return [self.cells[(r, self.baseline)] for r in self.ratios if (r, self.baseline) in self.cells]
 
 
 def analyse(run: Storage, results: list[RatioResult], threshold: float) -> Analysis:
@@ -90,6 +124,16 @@ def analyse(run: Storage, results: list[RatioResult], threshold: float) -> Analy
             label = f"1:{ratio_name(ratio)}"
             analysis.variant_comparisons.append(
                 compare(cell, cells[(ratio, baseline)], f"{label} {name}", f"{label} {baseline}", "at_threshold"))
+
+    analysis.correction_effects = correction_effects(analysis)
+    analysis.widest_recall = widest_recall(analysis)
+    analysis.tests = len(analysis.ratio_comparisons) * len(COMPARED)
+    analysis.chance_exclusions = CHANCE * analysis.tests
+    analysis.ranking_differs = [c for c in analysis.ratio_comparisons if any(c.real(m) for m in RANKING)]
+    analysis.ranks_better = [c for c in analysis.variant_comparisons
+                             if any(c.real(m) and c.differences[m].mean > 0 for m in RANKING)]
+    analysis.ranks_worse = [c for c in analysis.variant_comparisons
+                            if any(c.real(m) and c.differences[m].mean < 0 for m in RANKING)]
     return analysis
 
 
@@ -122,6 +166,26 @@ def analyse_variant(run: Storage, result: RatioResult, variant: Variant, thresho
         bootstrap=stats.bootstrap_intervals(test.labels, test.logits, threshold, RESAMPLES, BOOTSTRAP_SEED),
         operating_points=operating_points, roc=stats.roc_band(test.labels, test.logits),
         pr=stats.pr_band(test.labels, test.logits))
+
+
+def correction_effects(a: Analysis) -> list[CorrectionEffect]:
+    """Recall, precision and F1 of the first ratio comparison (the extremes), at the threshold and corrected."""
+    if not a.ratio_comparisons:
+        return []
+    effects = []
+    for metric in ("recall", "precision", "f1"):
+        before, after = a.ratio_comparisons[0].differences[metric], a.corrected_comparisons[0].differences[metric]
+        removed = 1 - abs(after.mean) / abs(before.mean) if abs(before.mean) > 1e-9 else float("nan")
+        effects.append(CorrectionEffect(metric, before, after, removed))
+    return effects
+
+
+def widest_recall(a: Analysis) -> Interval | None:
+    """The baseline's test-recall interval over seeds with the largest high − low."""
+    # `or` reads a bound of 0.0 as missing, like None: kept so that no reported number changes
+    return max((c.seed_intervals["test"]["recall"] for c in a.cells.values()
+                if c.variant.name == a.baseline and c.seed_intervals["test"]["recall"]),
+               key=lambda i: (i.high or i.mean) - (i.low or i.mean), default=None)
 
 
 def compare(a: VariantAnalysis, b: VariantAnalysis, label_a: str, label_b: str, rule: str) -> Comparison:

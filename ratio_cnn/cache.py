@@ -9,13 +9,13 @@ Under the cache folder (`--cache`, default $RATIO_CNN_CACHE or ~/.cache/ratio-cn
   `rows.json` recording the version each row was decoded from and whether it decoded.
 
 Jobs on one machine (threads of the in-process study, or containers sharing the folder)
-fill a decoded set one at a time under a file lock; the second finds it filled. Nothing
-here knows about training; deleting the folder only costs a re-download.
+fill a decoded set one at a time under a file lock (fcntl: POSIX only, as storage.py); the
+second finds it filled. Nothing here knows about training; deleting the folder only costs a
+re-download.
 """
 import fcntl
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -212,8 +212,11 @@ def _decode_chunk(raws: list[bytes], names: list[str]) -> list[np.ndarray | Unde
     return results
 
 
-def decode_images(raws: list[bytes], names: list[str], threads: int = os.cpu_count() or 1) -> list:
-    """Decode many images on every core: (128, 128, 3) uint8 arrays, or UndecodableImage."""
+def decode_images(raws: list[bytes], names: list[str], threads: int | None = None) -> list:
+    """Decode many images on `threads` threads (default: one per core): (128, 128, 3) uint8 arrays,
+    or UndecodableImage."""
+    if threads is None:
+        threads = os.cpu_count() or 1
     chunks = [(raws[i::threads], names[i::threads]) for i in range(threads) if raws[i::threads]]
     with ThreadPoolExecutor(threads) as pool:  # libjpeg-turbo releases the GIL
         decoded = list(pool.map(lambda c: _decode_chunk(*c), chunks))

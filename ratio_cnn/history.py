@@ -1,10 +1,11 @@
 """Nightly history: each run against the previous complete run on the same data and
 configuration, and an index of every run under `<out>/`.
 
-Every report leaves `<out>/<run-id>/summary.json` (its data, configuration and headline
-metrics); the index (`<out>/index.md`) is rebuilt from all of them, so two studies finishing
-at once cannot lose an entry. A comparison pairs the two runs on test images and seeds, like
-the report's other comparisons, and flags a drop whose interval lies below zero.
+Every report leaves a run record, `<out>/<run-id>/summary.json` (its data, configuration
+and headline metrics); the index (`<out>/index.md`) is rebuilt from all of them, so two
+studies finishing at once cannot lose an entry. A comparison pairs the two runs on test
+images and seeds, like the report's other comparisons, and flags a drop whose interval lies
+below zero.
 """
 import hashlib
 import json
@@ -20,7 +21,7 @@ from ratio_cnn.storage import Storage, join, open_storage
 
 log = logging.getLogger(__name__)
 
-SUMMARY = "summary.json"
+RUN_RECORD = "summary.json"  # the file name older runs hold too
 INDEX = "index.md"
 HEADLINE = ("roc_auc", "average_precision", "f1", "recall")  # higher is better for each
 PER_RUN = {"run_id", "ratio", "out"}  # differ between runs of one configuration
@@ -32,7 +33,8 @@ def config_key(config: dict) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_summary(run_id: str, finished: str, complete: bool, a: Analysis, first_metrics: dict) -> dict:
+def run_record(run_id: str, finished: str, complete: bool, a: Analysis, first_metrics: dict) -> dict:
+    """What the index and the next run's comparison need of this run."""
     headline = {f"{cell.label} {name}": {m: cell.seed_intervals["test"][m].to_dict() for m in HEADLINE}
                 for (ratio, name), cell in a.cells.items()}
     return {"run_id": run_id, "finished": finished, "complete": complete,
@@ -41,22 +43,22 @@ def run_summary(run_id: str, finished: str, complete: bool, a: Analysis, first_m
             "ratios": [c.label for c in a.cells.values()], "headline": headline}
 
 
-def summaries(out: Storage) -> list[dict]:
-    """Every run's summary.json under `out`, oldest first; unreadable ones are skipped."""
+def run_records(out: Storage) -> list[dict]:
+    """Every run's record under `out`, oldest first; unreadable ones are skipped."""
     found = []
     for key in out.list():
         parts = key.split("/")
-        if len(parts) == 2 and parts[1] == SUMMARY:
+        if len(parts) == 2 and parts[1] == RUN_RECORD:
             try:
                 found.append(load_json(out, key))
-            except RatioCnnError as e:  # a damaged summary must not hide the others
+            except RatioCnnError as e:  # a damaged record must not hide the others
                 log.warning("left out of the index: %s", e)
     return sorted(found, key=lambda s: str(s.get("finished", "")))
 
 
 def previous_run(out: Storage, current: dict) -> dict | None:
     """The newest complete run before this one on the same data and configuration."""
-    same = [s for s in summaries(out) if s.get("complete") and s.get("run_id") != current["run_id"]
+    same = [s for s in run_records(out) if s.get("complete") and s.get("run_id") != current["run_id"]
             and s.get("data", {}).get("manifest_digest") == current["data"]["manifest_digest"]
             and s.get("config_key") == current["config_key"] and str(s.get("finished")) < current["finished"]]
     return same[-1] if same else None

@@ -1,8 +1,9 @@
 """The study's markdown report, built only from what the jobs of one run wrote.
 
 `write_report` reads the run folder (results.py), has every number computed by
-analysis.py (through stats.py), draws the figures (plots.py) and writes `report.md`
-beside them. This module only turns those numbers into text.
+analysis.py (through stats.py), draws the figures (plots.py), and writes `report.md`
+beside them. `render` turns an analysis into that markdown: words and tables around
+numbers it is given, no statistics and no I/O.
 """
 import json
 import tempfile
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ratio_cnn import history, plots
-from ratio_cnn.analysis import BASELINE, COMPARED, RESAMPLES, Analysis, Comparison, VariantAnalysis, analyse
+from ratio_cnn.analysis import BASELINE, COMPARED, RESAMPLES, Analysis, Comparison, analyse
 from ratio_cnn.config import ratio_name
 from ratio_cnn.host import utc_now
 from ratio_cnn.results import RatioResult, collect
 from ratio_cnn.stats import Interval, verdict
-from ratio_cnn.storage import Storage, open_storage
+from ratio_cnn.storage import Storage, basename, open_storage, parent
 
 REPORT = "report.md"
 FIGURES = {"metrics": "metrics_by_ratio.png", "roc": "roc.png", "pr": "pr.png"}
@@ -38,52 +39,51 @@ class WrittenReport:
 
 
 def write_report(run_uri: str) -> WrittenReport:
-    """Write the figures, report.md and summary.json into the run folder, and the index beside it.
+    """Write the figures, report.md and the run record (summary.json) into the run folder, and the index beside it.
 
     The run folder is `<out>/<run-id>`: the report compares it with the previous complete run
     under the same `<out>` on the same data and configuration, and rebuilds `<out>/index.md`.
     """
     run = open_storage(run_uri)
     meta, results = collect(run)
-    run_id = str(meta.get("run_id") or run_uri.rstrip("/").rsplit("/", 1)[-1])
+    run_id = str(meta.get("run_id") or basename(run_uri))
     done = [r for r in results if r.metrics]
-    out = open_storage(run_uri.rstrip("/").rsplit("/", 1)[0] if "/" in run_uri.rstrip("/") else ".")
-    analysis = summary = previous = None
+    out = open_storage(parent(run_uri))
+    analysis = record = previous = None
     changes = []
     if done:
         analysis = analyse(run, results, done[0].metrics["config"]["threshold"])
         draw_figures(run, analysis)
-        summary = history.run_summary(run_id, utc_now(), len(done) == len(results), analysis, done[0].metrics)
-        previous = history.previous_run(out, summary)
+        record = history.run_record(run_id, utc_now(), len(done) == len(results), analysis, done[0].metrics)
+        previous = history.previous_run(out, record)
         changes = history.compare_runs(out, previous["run_id"], analysis) if previous else []
-    markdown = render_markdown(run_id, results, analysis, previous, changes)
+    markdown = render(analysis, run_id, results, previous, changes)
     run.put(REPORT, markdown.encode())
-    if summary:
-        run.put(history.SUMMARY, json.dumps(summary, indent=2).encode())
-    index = history.render_index(history.summaries(out))
+    if record:
+        run.put(history.RUN_RECORD, json.dumps(record, indent=2).encode())
+    index = history.render_index(history.run_records(out))
     out.put(history.INDEX, index.encode())
     return WrittenReport(run.describe(REPORT), markdown, results, analysis, changes, index)
 
 
 def draw_figures(run: Storage, analysis: Analysis) -> None:
-    baseline = [analysis.cells[(r, analysis.baseline)] for r in analysis.ratios if (r, analysis.baseline) in analysis.cells]
-    series = {split: {m: [_triple(c.seed_intervals[split][m]) for c in baseline] for m in COMPARED + ("accuracy",)}
-              for split in ("val", "test")}
-    positives = baseline[0].test.labels.mean()
+    baseline = analysis.baseline_cells
+    series = {split: {m: [_mean_low_high(c.seed_intervals[split][m]) for c in baseline]
+                      for m in COMPARED + ("accuracy",)} for split in ("val", "test")}
     with tempfile.TemporaryDirectory(prefix="ratio-cnn-report-") as tmp:
         paths = {k: Path(tmp) / name for k, name in FIGURES.items()}
         plots.metrics_by_ratio(series, [c.ratio for c in baseline], paths["metrics"])
         plots.curve_bands({c.label: c.roc for c in baseline}, "roc", paths["roc"])
-        plots.curve_bands({c.label: c.pr for c in baseline}, "pr", paths["pr"], baseline=positives)
+        plots.curve_bands({c.label: c.pr for c in baseline}, "pr", paths["pr"], baseline=baseline[0].malignant_share)
         for key, path in paths.items():
             run.put(FIGURES[key], path.read_bytes())
 
 
-def _triple(i: Interval | None) -> tuple:
+def _mean_low_high(i: Interval | None) -> tuple:
     return (float("nan"), None, None) if i is None else (i.mean, i.low, i.high)
 
 
-def summary_rows(written: "WrittenReport") -> list[dict]:
+def artifact_rows(written: "WrittenReport") -> list[dict]:
     """One row per ratio and variant (the Prefect table artifact): test means with their intervals."""
     rows = []
     for r in written.results:
@@ -134,8 +134,9 @@ def fmt_bound(i: Interval | None, scale: float) -> str:
     return f"{scale * i.low:.4f}, {scale * i.high:.4f}" if scale == 1 else f"{scale * i.low:.2f}%, {scale * i.high:.2f}%"
 
 
-def render_markdown(run_id: str, results: list[RatioResult], analysis: Analysis | None,
-                    previous: dict | None = None, changes: list[history.Change] = ()) -> str:
+def render(analysis: Analysis | None, run_id: str, results: list[RatioResult], previous: dict | None = None,
+           changes: list[history.Change] = ()) -> str:
+    """report.md: `analysis` is None when no ratio finished; `previous` is the compared run's record."""
     done = [r for r in results if r.metrics]
     lines = [f"# Malignant:benign training ratio study — run `{run_id}`", ""]
     regressions = [c for c in changes if c.regression]
@@ -151,7 +152,7 @@ def render_markdown(run_id: str, results: list[RatioResult], analysis: Analysis 
     if analysis:
         lines += findings(analysis)
         lines += history_section(previous, changes)
-        lines += summary_tables(analysis)
+        lines += baseline_section(analysis)
         lines += operating_points(analysis)
         if len(analysis.variant_names) > 1:
             lines += variants_section(analysis)
@@ -189,29 +190,26 @@ def findings(a: Analysis) -> list[str]:
     lines = ["## Findings", ""]
     if not a.ratio_comparisons:
         return lines + ["Fewer than two ratios finished: nothing to compare.", ""]
-    ranking = [c for c in a.ratio_comparisons if _real(c, "roc_auc") or _real(c, "average_precision")]
     extremes = a.ratio_comparisons[0]
     lines.append(f"In plain words (baseline {a.baseline}; A − B, so a positive number favours the first ratio):")
     lines.append("")
     for c in a.ratio_comparisons:
-        real = [NAMES[m] for m in COMPARED if verdict(c.differences[m]) == "real"]
-        noise = [NAMES[m] for m in COMPARED if verdict(c.differences[m]) != "real"]
+        real = [m for m in COMPARED if c.real(m)]
+        noise = [NAMES[m] for m in COMPARED if not c.real(m)]
         said = []
         if real:
-            said.append("real differences in " + ", ".join(
-                f"{NAMES[m]} ({signed(c.differences[m])})" for m in COMPARED if NAMES[m] in real))
+            said.append("real differences in " + ", ".join(f"{NAMES[m]} ({signed(c.differences[m])})" for m in real))
         if noise:
             said.append("within noise for " + ", ".join(noise))
         lines.append(f"- **{c.a} vs {c.b}**: " + "; ".join(said) + ".")
     lines += [""]
+    ranking = a.ranking_differs
     lines.append("- **Ranking quality** (ROC-AUC, AP; no threshold): " + (
         f"{len(ranking)} of {len(a.ratio_comparisons)} comparisons show a real difference." if ranking
         else "no comparison shows a real difference: the ratios rank images equally well within the noise."))
-    corrected = a.corrected_comparisons[0]
     ends = [a.cells[(r, a.baseline)] for r in (max(a.ratios), min(a.ratios))]
-    for metric in ("recall", "precision", "f1"):
-        before, after = extremes.differences[metric], corrected.differences[metric]
-        removed = 1 - abs(after.mean) / abs(before.mean) if abs(before.mean) > 1e-9 else float("nan")
+    for effect in a.correction_effects:
+        metric, before, after, removed = effect.metric, effect.at_threshold, effect.corrected, effect.removed
         values = ", ".join(f"{c.label} {c.operating_points['at_threshold'].test[metric].mean:.3f} → "
                            f"{c.operating_points['prior_shift'].test[metric].mean:.3f}" for c in ends)
         lines.append(
@@ -220,14 +218,11 @@ def findings(a: Analysis) -> list[str]:
             + (f": the correction removes {100 * removed:.0f}% of the ratio's effect" if removed >= 0 else
                ": the correction does not shrink it" if removed < 0 else "")
             + f" ({NAMES[metric]} at the threshold → corrected: {values}).")
-    spread = max((c.seed_intervals["test"]["recall"] for c in a.cells.values()
-                  if c.variant.name == a.baseline and c.seed_intervals["test"]["recall"]),
-                 key=lambda i: (i.high or i.mean) - (i.low or i.mean))
-    tests = len(a.ratio_comparisons) * len(COMPARED)
+    spread = a.widest_recall
     lines += [
         f"- **Noise**: with {spread.n} seeds the widest test-recall interval over seeds is {fmt(spread)}. "
-        f"These are {tests} intervals at 95%: about {0.05 * tests:.1f} could exclude 0 by chance alone, so a lone "
-        "borderline 'real' is weak evidence.",
+        f"These are {a.tests} intervals at 95%: about {a.chance_exclusions:.1f} could exclude 0 by chance alone, "
+        "so a lone borderline 'real' is weak evidence.",
         "",
         "| comparison | rule | " + " | ".join(NAMES[m] for m in COMPARED) + " |",
         "|---|---|" + "---|" * len(COMPARED),
@@ -235,7 +230,7 @@ def findings(a: Analysis) -> list[str]:
     for c in a.ratio_comparisons + a.corrected_comparisons:
         rule = "0.5" if c.rule == "at_threshold" else "prior-shift"
         lines.append(f"| {c.a} − {c.b} | {rule} | "
-                     + " | ".join(f"{signed(c.differences[m])} {_mark(c.differences[m])}" for m in COMPARED) + " |")
+                     + " | ".join(f"{signed(c.differences[m])} {_mark(c, m)}" for m in COMPARED) + " |")
     lines += ["", "✔ real (the interval excludes 0); · within noise. Threshold-free metrics do not depend on the rule.",
               ""]
     return lines
@@ -254,16 +249,13 @@ def history_section(previous: dict | None, changes: list[history.Change]) -> lis
     return lines + [""]
 
 
-def _real(c: Comparison, metric: str) -> bool:
-    return verdict(c.differences[metric]) == "real"
+def _mark(c: Comparison, metric: str) -> str:
+    return "✔" if c.real(metric) else "·"
 
 
-def _mark(i: Interval) -> str:
-    return "✔" if verdict(i) == "real" else "·"
-
-
-def summary_tables(a: Analysis) -> list[str]:
-    cells = [a.cells[(r, a.baseline)] for r in a.ratios if (r, a.baseline) in a.cells]
+def baseline_section(a: Analysis) -> list[str]:
+    """The baseline variant at every ratio: intervals over seeds, then over test images, and the figures."""
+    cells = a.baseline_cells
     lines = [f"## Summary ({a.baseline})", "", "Mean over seeds [95% t interval over seeds], test set:", "",
              "| ratio | train (malignant + benign) | val loss | val F1 | test loss | test acc | test precision | "
              "test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -317,11 +309,8 @@ def variants_section(a: Analysis) -> list[str]:
               "| comparison | " + " | ".join(NAMES[m] for m in COMPARED) + " |", "|---|" + "---|" * len(COMPARED)]
     for c in a.variant_comparisons:
         lines.append(f"| {c.a} − {c.b.split(' ')[1]} | "
-                     + " | ".join(f"{signed(c.differences[m])} {_mark(c.differences[m])}" for m in COMPARED) + " |")
-    better = [c for c in a.variant_comparisons if any(_real(c, m) and c.differences[m].mean > 0 for m in
-                                                         ("roc_auc", "average_precision"))]
-    worse = [c for c in a.variant_comparisons if any(_real(c, m) and c.differences[m].mean < 0 for m in
-                                                        ("roc_auc", "average_precision"))]
+                     + " | ".join(f"{signed(c.differences[m])} {_mark(c, m)}" for m in COMPARED) + " |")
+    better, worse = a.ranks_better, a.ranks_worse
     lines += ["", "In plain words: " + (
         "ranks better than the baseline (a real gain in ROC-AUC or AP): " + ", ".join(c.a for c in better) + ". "
         if better else "no variant ranks better than the baseline beyond the noise. ") + (

@@ -46,9 +46,6 @@ class RatioResult:
     def folder(self) -> str:
         return f"ratio-{ratio_name(self.ratio)}"
 
-    def variant(self, name: str) -> Variant | None:
-        return next((v for v in self.variants if v.name == name), None)
-
 
 def load_json(storage: Storage, key: str) -> dict:
     """A JSON object, refusing NaN and Infinity (json.loads accepts them)."""

@@ -18,7 +18,6 @@ from scipy.stats import t as student_t
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
-THRESHOLD_FREE = ("loss", "roc_auc", "average_precision")
 
 
 @dataclass(frozen=True)
@@ -198,13 +197,6 @@ def bootstrap_intervals(labels, logits, thresholds, resamples: int = 2000, seed=
     return {m: _percentile_interval(point[m].mean(), resampled[m].mean(axis=0), level, len(logits)) for m in METRICS}
 
 
-def bootstrap_interval(labels, logits, metric: str, threshold, resamples: int = 2000, seed=0,
-                       level: float = 0.95) -> Interval:
-    """bootstrap_intervals for one metric."""
-    _check_metric(metric)
-    return bootstrap_intervals(labels, logits, threshold, resamples, seed, level)[metric]
-
-
 def paired_differences(labels, logits_a, logits_b, thresholds_a, thresholds_b, resamples: int = 2000, seed=0,
                        level: float = 0.95) -> dict[str, Interval]:
     """Each metric's mean over seeds of (A − B), with a percentile interval over images and seeds jointly.
@@ -234,13 +226,6 @@ def paired_differences(labels, logits_a, logits_b, thresholds_a, thresholds_b, r
         resampled = difference[seed_rows, resample_columns].mean(axis=1)  # (B,)
         intervals[m] = _percentile_interval((point_a[m] - point_b[m]).mean(), resampled, level, n_seeds)
     return intervals
-
-
-def paired_difference(labels, logits_a, logits_b, metric: str, thresholds_a, thresholds_b, resamples: int = 2000,
-                      seed=0, level: float = 0.95) -> Interval:
-    """paired_differences for one metric."""
-    _check_metric(metric)
-    return paired_differences(labels, logits_a, logits_b, thresholds_a, thresholds_b, resamples, seed, level)[metric]
 
 
 def _percentile_interval(point: float, resampled: np.ndarray, level: float, n: int) -> Interval:
@@ -380,8 +365,3 @@ def _check_inputs(labels, logits) -> tuple[np.ndarray, np.ndarray]:
 def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"confidence level must be in (0, 1), got {level}")
-
-
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")

@@ -14,6 +14,9 @@ Conditional writes for "one owner" claims: `create` (exclusive), `get_versioned`
 (compare-and-swap). `data` given to them should identify the writer (a uuid, host and pid):
 when an answer is lost and the request retried, the object is read back to tell "we won" from
 "someone else did".
+
+POSIX only (Linux, macOS), like the rest of ratio-cnn: a local `replace` holds an fcntl lock,
+so importing this module fails at once on Windows rather than halfway through a job.
 """
 from __future__ import annotations  # the `list` method shadows the builtin in annotations
 
@@ -42,6 +45,17 @@ KEY_RULE = ("a key must be a relative path of '/'-separated names (none empty, '
 def join(uri: str, *parts: str) -> str:
     """Append path parts to a storage URI: join('s3://b/p', 'run', 'x') -> 's3://b/p/run/x'."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def parent(uri: str) -> str:
+    """The storage URI one name up: parent('s3://b/p/run/') -> 's3://b/p'; parent('run') -> '.'."""
+    above, slash, _ = uri.rstrip("/").rpartition("/")
+    return above if slash else "."
+
+
+def basename(uri: str) -> str:
+    """The last name of a storage URI: basename('s3://b/p/run/') -> 'run'."""
+    return uri.rstrip("/").rpartition("/")[2]
 
 
 def key_problem(key: str, prefix: bool = False) -> str | None:
@@ -471,6 +485,6 @@ def open_storage(uri: str, timeout: float = 10.0) -> Storage:
         return S3Storage(parsed.netloc, prefix, timeout)
     if parsed.scheme == "file":
         return LocalStorage(Path(parsed.path))
-    if not parsed.scheme or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+    if not parsed.scheme or len(parsed.scheme) == 1:  # a plain path; urlparse reads `c:/x` as scheme `c`
         return LocalStorage(Path(uri))
     raise RatioCnnError(f"storage URI {uri!r}: use a folder path, file://… or s3://bucket/prefix")

@@ -52,6 +52,8 @@ def test_the_prior_shift_correction_removes_an_effect_that_is_only_the_operating
     assert at_half.differences["recall"].high < 0  # a real drop at the fixed threshold
     assert abs(corrected.differences["recall"].mean) < 0.5 * abs(at_half.differences["recall"].mean)
     assert "the correction removes" in written.markdown
+    recall = written.analysis.correction_effects[0]
+    assert recall.metric == "recall" and recall.removed > 0.5
     points = written.analysis.cells[(5.0, "none/simple")].operating_points
     assert points["prior_shift"].threshold.mean == pytest.approx(1 / (1 + 0.05 * 5))  # sigmoid(log(1/5) - log(0.05))
     assert points["recall"].thresholds.shape == (3,)

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from ratio_cnn.errors import RatioCnnError
-from ratio_cnn.storage import LocalStorage, S3Storage, join, open_storage
+from ratio_cnn.storage import LocalStorage, S3Storage, basename, join, open_storage, parent
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -56,6 +56,12 @@ def test_open_storage_picks_the_backend(tmp_path, s3):
 def test_join():
     assert join("s3://b/p/", "run", "/ratio-3/") == "s3://b/p/run/ratio-3"
     assert join("results", "r1") == "results/r1"
+
+
+def test_parent_and_basename():
+    assert parent("s3://b/p/run/") == "s3://b/p" and basename("s3://b/p/run/") == "run"
+    assert parent("file:///data/out/r1") == "file:///data/out" and basename("file:///data/out/r1") == "r1"
+    assert parent("results/r1") == "results" and parent("r1") == "." and basename("r1") == "r1"
 
 
 def test_local_put_leaves_no_partial_file(tmp_path):
