@@ -322,6 +322,267 @@ def pr_band(labels, logits, grid=None) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
 
 
+# ---------------------------------------------------------------- validity: subgroups, shortcuts, calibration
+#
+# Whether the ranking is the lesion's or a column's. A column is any per-image value (source,
+# diagnosis, near-duplicate group). A subgroup's own metrics are the functions above on its
+# images alone: metric_matrix / bootstrap_intervals / paired_differences on labels[m],
+# logits[:, m] give its ROC-AUC, AP and ratio differences, resampled within the subgroup.
+
+def within_group_ranking(labels, logits, groups, weights) -> dict[str, np.ndarray]:
+    """ROC-AUC over the malignant–benign pairs that share a group value: {"roc_auc": (S, B), "pairs": (B,)}.
+
+    The model's ranking once the grouping column cannot help (a stratified AUC): the
+    pair-weighted mean of each group's own ROC-AUC, ties counted half as in roc_auc_score.
+    groups (n,) holds one value per image (fill missing values first); weights (B, n) as in
+    metric_matrix. "pairs" is each row's weight of within-group pairs; ROC-AUC is NaN where
+    it is 0. With one group this is metric_matrix's ROC-AUC.
+    """
+    y, logits = _check_inputs(labels, logits)
+    w_t = _image_major_weights(weights, y.size)
+    codes = _group_codes(groups, y.size)
+    probability = sigmoid(logits)
+    ranked = np.zeros((len(logits), w_t.shape[1]))  # (S, B) within-group pairs the model orders right
+    pairs = np.zeros(w_t.shape[1])
+    for group in range(codes.max() + 1):
+        members = codes == group
+        y_group, w_group = y[members], w_t[members]
+        if y_group.min() == y_group.max():
+            continue  # one class only: no pair to rank
+        group_pairs = (y_group @ w_group) * ((1 - y_group) @ w_group)  # (B,)
+        pairs += group_pairs
+        for s, p in enumerate(probability):
+            auc, _ = _ranking_metrics(y_group, p[members], w_group)
+            ranked[s] += np.where(group_pairs > 0, auc, 0) * group_pairs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"roc_auc": np.where(pairs > 0, ranked / pairs, np.nan), "pairs": pairs}
+
+
+def within_group_interval(labels, logits, groups, resamples: int = 2000, seed=0, level: float = 0.95) -> Interval:
+    """Within-group ROC-AUC's mean over seeds with a percentile interval over resampled test images (seeds fixed)."""
+    y, logits = _check_inputs(labels, logits)
+    return _image_intervals(y, lambda w: {"roc_auc": within_group_ranking(y, logits, groups, w)["roc_auc"]},
+                            len(logits), resamples, seed, level)["roc_auc"]
+
+
+def within_minus_overall(labels, logits, groups, resamples: int = 2000, seed=0, level: float = 0.95) -> Interval:
+    """Within-group minus overall ROC-AUC of one model: mean over seeds, percentile interval over images and seeds.
+
+    Clearly below 0 when part of the ranking comes from telling the groups apart. Resampled
+    as paired_differences: the same images and seeds on both sides.
+    """
+    y, logits = _check_inputs(labels, logits)
+    one_group = np.zeros(y.size)
+
+    def difference(w):
+        within = within_group_ranking(y, logits, groups, w)["roc_auc"]
+        return {"roc_auc": within - within_group_ranking(y, logits, one_group, w)["roc_auc"]}
+
+    return _paired_intervals(y, difference, len(logits), resamples, seed, level)["roc_auc"]
+
+
+def within_group_difference(labels, logits_a, logits_b, groups, resamples: int = 2000, seed=0,
+                            level: float = 0.95) -> Interval:
+    """Within-group ROC-AUC of model A minus model B (two ratios), resampled as paired_differences."""
+    y, logits_a, logits_b = _check_pair(labels, logits_a, logits_b)
+
+    def difference(w):
+        return {"roc_auc": within_group_ranking(y, logits_a, groups, w)["roc_auc"]
+                - within_group_ranking(y, logits_b, groups, w)["roc_auc"]}
+
+    return _paired_intervals(y, difference, len(logits_a), resamples, seed, level)["roc_auc"]
+
+
+def column_alone_scores(train_counts: dict, test_values) -> np.ndarray:
+    """Each test image scored by its column value's malignant share in the training data: (n,) in [0, 1].
+
+    train_counts maps a value to its (malignant, benign) training images. A value training
+    never saw (or saw with no image) gets the share of all training images.
+    """
+    counts = {value: (float(m), float(b)) for value, (m, b) in train_counts.items()}
+    if not all(np.isfinite(c) and c >= 0 for pair in counts.values() for c in pair):
+        raise ValueError(f"training counts must be non-negative (malignant, benign) pairs, got {train_counts}")
+    malignant = sum(m for m, _ in counts.values())
+    total = sum(m + b for m, b in counts.values())
+    if total == 0:
+        raise ValueError("the training counts hold no image: no malignant share to score by")
+    share = {value: m / (m + b) for value, (m, b) in counts.items() if m + b > 0}
+    return np.array([share.get(value, malignant / total) for value in test_values], dtype=float)
+
+
+def column_alone_intervals(labels, scores, resamples: int = 2000, seed=0, level: float = 0.95) -> dict[str, Interval]:
+    """ROC-AUC and average precision of the column-alone scores, with bootstrap_intervals' interval over images."""
+    intervals = bootstrap_intervals(labels, _score_logits(scores), 0.5, resamples, seed, level)
+    return {m: intervals[m] for m in ("roc_auc", "average_precision")}
+
+
+def model_minus_column_alone(labels, logits, scores, resamples: int = 2000, seed=0,
+                             level: float = 0.95) -> dict[str, Interval]:
+    """The model's ROC-AUC and average precision minus the column alone's, resampled as paired_differences."""
+    y, logits = _check_inputs(labels, logits)
+    column_logits = _score_logits(scores)
+
+    def difference(w):
+        model, column = metric_matrix(y, logits, w, 0.5), metric_matrix(y, column_logits, w, 0.5)
+        return {m: model[m] - column[m] for m in ("roc_auc", "average_precision")}  # (S, B) − (1, B)
+
+    return _paired_intervals(y, difference, len(logits), resamples, seed, level)
+
+
+def subgroup_rate(labels, logits, weights, thresholds) -> np.ndarray:
+    """Recall of an all-malignant subgroup, or specificity (true-negative rate) of an all-benign one: (S, B).
+
+    labels, logits and weights are the subgroup's images only (say the malignant images of one
+    source); thresholds as in metric_matrix. np.ones((1, n)) gives one value per seed,
+    resample_weights(labels) the subgroup's bootstrap, bootstrap_intervals its interval.
+    """
+    y = _check_labels(labels)
+    if y.size == 0 or y.min() != y.max():
+        raise ValueError("a subgroup rate needs images of one class: pass its malignant or its benign images")
+    m = metric_matrix(y, logits, weights, thresholds)
+    return m["recall"] if y[0] == 1 else m["accuracy"]  # on benign images alone accuracy is specificity
+
+
+def calibration_matrix(labels, logits, weights, bins: int = 10) -> dict[str, np.ndarray]:
+    """Brier score and expected calibration error of every seed under every row of weights: {"brier", "ece"}: (S, B).
+
+    ECE uses `bins` equal-width probability bins, each (a, b] as in scikit-learn's
+    calibration_curve (the first also holds 0): Σ (bin weight / total) · |observed share −
+    mean probability|, which is Σ |Σ labels − Σ probabilities| / total over the bins.
+    """
+    y, logits = _check_inputs(labels, logits)
+    w_t = _image_major_weights(weights, y.size)
+    probability = sigmoid(logits)
+    _, observed, predicted = _bin_sums(y, probability, w_t, bins)  # (S, bins, B)
+    total = w_t.sum(axis=0)
+    return {"brier": (probability - y) ** 2 @ w_t / total,
+            "ece": np.abs(observed - predicted).sum(axis=1) / total}
+
+
+def calibration_intervals(labels, logits, resamples: int = 2000, seed=0, level: float = 0.95,
+                          bins: int = 10) -> dict[str, Interval]:
+    """Brier score and ECE: mean over seeds, percentile interval over resampled test images (seeds fixed)."""
+    y, logits = _check_inputs(labels, logits)
+    return _image_intervals(y, lambda w: calibration_matrix(y, logits, w, bins), len(logits), resamples, seed, level)
+
+
+def calibration_differences(labels, logits_a, logits_b, resamples: int = 2000, seed=0, level: float = 0.95,
+                            bins: int = 10) -> dict[str, Interval]:
+    """Brier score and ECE of A minus B, resampled as paired_differences: two ratios, or one model's
+    prior-shift corrected logits (A) against its raw ones (B)."""
+    y, logits_a, logits_b = _check_pair(labels, logits_a, logits_b)
+
+    def difference(w):
+        a, b = calibration_matrix(y, logits_a, w, bins), calibration_matrix(y, logits_b, w, bins)
+        return {m: a[m] - b[m] for m in a}
+
+    return _paired_intervals(y, difference, len(logits_a), resamples, seed, level)
+
+
+def reliability_curve(labels, logits, bins: int = 10) -> dict[str, np.ndarray]:
+    """Each seed's reliability diagram over calibration_matrix's bins, for a band over seeds.
+
+    Returns "centre" (bins,) and, each (S, bins), "count" of images, "mean_predicted"
+    probability and "observed" malignant share, the last two NaN in an empty bin. Non-empty
+    bins give scikit-learn's calibration_curve(strategy="uniform").
+    """
+    y, logits = _check_inputs(labels, logits)
+    count, observed, predicted = (s[..., 0] for s in _bin_sums(y, sigmoid(logits), np.ones((y.size, 1)), bins))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"centre": (np.arange(bins) + 0.5) / bins, "count": count,
+                "mean_predicted": np.where(count > 0, predicted / count, np.nan),
+                "observed": np.where(count > 0, observed / count, np.nan)}
+
+
+def prior_shift_logits(logits, train_positive: float, train_negative: float, eval_positive: float,
+                       eval_negative: float) -> np.ndarray:
+    """Logits corrected for the change of prior: logit + log(eval odds) − log(train odds).
+
+    The same counts as prior_shift_threshold: a corrected probability >= 0.5 picks the images
+    whose raw probability is >= that threshold (up to rounding exactly at it).
+    """
+    counts = (train_positive, train_negative, eval_positive, eval_negative)
+    if not all(np.isfinite(c) and c > 0 for c in counts):
+        raise ValueError(f"class counts must be positive, got {counts}")
+    shift = np.log(eval_positive / eval_negative) - np.log(train_positive / train_negative)
+    return np.asarray(logits, dtype=np.float64) + shift
+
+
+def _bin_sums(y: np.ndarray, probability: np.ndarray, w_t: np.ndarray, bins: int):
+    """Per seed and probability bin: weight, labels and probabilities summed under (n, B) weights, three (S, bins, B)."""
+    if not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"calibration needs a positive whole number of bins, got {bins!r}")
+    n_seeds, n = probability.shape
+    edges = np.linspace(0, 1, bins + 1)
+    rows = (np.searchsorted(edges[1:-1], probability) + bins * np.arange(n_seeds)[:, None]).ravel()
+    columns = np.tile(np.arange(n), n_seeds)
+
+    def summed(values):  # (S, n) values -> (S, bins, B), one sparse product for every seed and resample
+        one_hot = sparse.csr_array((np.ravel(values), (rows, columns)), shape=(n_seeds * bins, n))
+        return (one_hot @ w_t).reshape(n_seeds, bins, -1)
+
+    return summed(np.ones_like(probability)), summed(np.broadcast_to(y, probability.shape)), summed(probability)
+
+
+def _image_intervals(y, metrics, n_seeds: int, resamples: int, seed, level: float) -> dict[str, Interval]:
+    """bootstrap_intervals for any metrics(weights) -> {name: (S, B)}: seeds fixed, test images resampled."""
+    _check_level(level)
+    weights = resample_weights(y, resamples, seed)
+    point, resampled = metrics(np.ones((1, y.size))), metrics(weights)
+    return {m: _percentile_interval(point[m].mean(), resampled[m].mean(axis=0), level, n_seeds) for m in point}
+
+
+def _paired_intervals(y, differences, n_seeds: int, resamples: int, seed, level: float) -> dict[str, Interval]:
+    """paired_differences for any differences(weights) -> {name: (S, B)}, with the resamples it draws from `seed`."""
+    _check_level(level)
+    images_seed, seeds_seed = np.random.SeedSequence(seed).spawn(2)
+    weights = resample_weights(y, resamples, images_seed)
+    seed_rows = resample_seeds(n_seeds, resamples, seeds_seed)  # (B, S)
+    point, resampled = differences(np.ones((1, y.size))), differences(weights)
+    resample_columns = np.arange(resamples)[:, None]
+    return {m: _percentile_interval(point[m].mean(), resampled[m][seed_rows, resample_columns].mean(axis=1),
+                                    level, n_seeds) for m in point}
+
+
+def _score_logits(scores) -> np.ndarray:
+    """(1, n) logits of scores in [0, 1]; 0 and 1 clipped to finite logits that keep every order and tie
+    (shares of a training set are never within 1e-12 of 0 or 1 unless they are 0 or 1)."""
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 1 or not ((scores >= 0) & (scores <= 1)).all():
+        raise ValueError(f"scores must be a 1-D array of shares in [0, 1], got shape {scores.shape}")
+    clipped = np.clip(scores, 1e-12, 1 - 1e-12)
+    return np.log(clipped / (1 - clipped))[None, :]
+
+
+def _check_pair(labels, logits_a, logits_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    shape_a, shape_b = np.shape(logits_a), np.shape(logits_b)
+    if shape_a != shape_b or len(shape_a) != 2:
+        raise ValueError(f"logits_a and logits_b must share one (seeds, images) shape, got {shape_a} and {shape_b}")
+    y, logits_a = _check_inputs(labels, logits_a)
+    return y, logits_a, _check_inputs(labels, logits_b)[1]
+
+
+def _group_codes(groups, n: int) -> np.ndarray:
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must hold one value per image ({n}), got shape {groups.shape}")
+    try:
+        return np.unique(groups, return_inverse=True)[1]
+    except TypeError as error:  # None among strings, say
+        raise ValueError("groups must be values of one comparable type; fill missing values first") from error
+
+
+def _image_major_weights(weights, n: int) -> np.ndarray:
+    """(B, n) weights as float (n, B), checked as metric_matrix checks them."""
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or weights.shape[1] != n:
+        raise ValueError(f"weights must have shape (resamples, {n}), got {weights.shape}")
+    w_t = np.ascontiguousarray(weights.T, dtype=float)
+    if (w_t < 0).any() or not (w_t.sum(axis=0) > 0).all():
+        raise ValueError("weights must be non-negative with a positive total in every row")
+    return w_t
+
+
 # ---------------------------------------------------------------- helpers
 
 def sigmoid(logits) -> np.ndarray:
