@@ -6,16 +6,16 @@
 - deployments: `run_deployment` of `train-ratio/gpu` per ratio, so each ratio runs in
   its own container on a GPU work pool.
 One failed ratio stops neither the others nor the report; the run then ends Failed.
+Each flow takes its configuration (ratio_cnn/config.py) as its one parameter, which the
+Prefect UI shows as a form. This module imports no torch of its own: the library does.
 
     python -m flows.study        # the whole study on the embedded defaults (make study)
 """
-import argparse
 import dataclasses
 import json
 import logging
 import os
 from contextlib import contextmanager
-from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,11 +25,10 @@ from prefect.runtime import flow_run as prefect_flow_run
 from prefect.runtime import task_run as prefect_task_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import ConfigDict, ValidationError, create_model
-import torch
 
 from ratio_cnn import report
-from ratio_cnn.config import LIST_OPTIONS, TrainConfig, check_name, new_run_id, ratio_name
+from ratio_cnn.cli import study_config
+from ratio_cnn.config import StudyConfig, TrainConfig, new_run_id, ratio_name
 from ratio_cnn.data import MANIFEST
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 from ratio_cnn.host import utc_now
@@ -38,27 +37,6 @@ from ratio_cnn.job_folder import FolderBusy
 from ratio_cnn.results import RUN_FILE
 from ratio_cnn.storage import join, open_storage
 from ratio_cnn.synth import make_synthetic_dataset
-from ratio_cnn.train import pick_device
-
-# `make study` on a 2-core CPU: 4 ratios x 3 seeds x STUDY_EPOCHS fit in its 10-minute budget
-# (measured, README); on a GPU the study's own 5 epochs and 5 seeds take seconds.
-STUDY_EPOCHS = 2
-CPU_SEEDS = 3
-# The job's progress lines (INFO) in the flow's logs; PREFECT_LOGGING_EXTRA_LOGGERS=ratio_cnn
-# (set by the Makefile and the deployments) also sends them to the Prefect UI.
-logging.getLogger("ratio_cnn").setLevel(logging.INFO)
-PER_JOB = ("ratio", "data", "out", "run_id")  # set by the study for each job
-# The training options a study passes to every job, with TrainConfig's own defaults: one
-# place holds them, and Prefect shows them as a form.
-# The study's own default differs from one job's in one place: 5 replicates (the CLI's is 1).
-STUDY_DEFAULTS = {"seeds": 5}
-TrainingOptions = create_model(
-    "TrainingOptions",
-    __config__=ConfigDict(extra="forbid"),  # a misspelt option is an error, not silently the default
-    **{f.name: (int | list[int] if f.name == "seeds" else f.type,
-                STUDY_DEFAULTS.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory()))
-       for f in dataclasses.fields(TrainConfig) if f.name not in PER_JOB},
-)
 
 
 def is_transient(task, task_run, state) -> bool:
@@ -84,32 +62,29 @@ def train_job(cfg: TrainConfig) -> dict:
 
 
 @flow(name="train-ratio")
-def train_ratio(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions = TrainingOptions()) -> dict:
+def train_ratio(job: TrainConfig) -> dict:
     """One ratio: the same job as `ratio-cnn train`."""
-    return train_job(job_config(ratio, data, out, run_id, options))
-
-
-def job_config(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions) -> TrainConfig:
-    return TrainConfig(ratio=ratio, data=data, out=out, run_id=run_id, **options.model_dump())
+    # The job's progress lines (INFO) in the flow's logs; PREFECT_LOGGING_EXTRA_LOGGERS=ratio_cnn
+    # (set by the Makefile and the deployments) also sends them to the Prefect UI.
+    logging.getLogger("ratio_cnn").setLevel(logging.INFO)
+    return train_job(job)
 
 
 @task(cache_policy=NO_CACHE)
-def launch_ratio(ratio: float, data: str, out: str, run_id: str, options: TrainingOptions,
-                 launch: str, train_deployment: str) -> None:
-    parameters = {"ratio": ratio, "data": data, "out": out, "run_id": run_id, "options": options.model_dump()}
+def launch_ratio(job: TrainConfig, launch: str, train_deployment: str) -> None:
     if launch == "in-process":
-        train_ratio(**parameters | {"options": options})
+        train_ratio(job)
         return
-    flow_run = run_deployment(name=train_deployment, parameters=parameters, timeout=None)
+    flow_run = run_deployment(name=train_deployment, parameters={"job": job.to_dict()}, timeout=None)
     if not flow_run.state.is_completed():
         raise RuntimeError(f"{train_deployment} run {flow_run.name} ended {flow_run.state.name}: {flow_run.state.message}")
 
 
 @task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
-def record_run(run_uri: str, run_id: str, ratios: list[float], data: str, options: TrainingOptions, launch: str) -> None:
-    meta = {"run_id": run_id, "ratios": ratios, "data": data, "options": options.model_dump(), "launch": launch,
-            "started": utc_now()}
-    open_storage(run_uri).put(RUN_FILE, json.dumps(meta, indent=2).encode())
+def record_run(study: StudyConfig, run_id: str) -> None:
+    meta = {"run_id": run_id, "ratios": study.ratios, "data": study.data, "options": dataclasses.asdict(study.options),
+            "launch": study.launch, "started": utc_now()}
+    open_storage(join(study.out, run_id)).put(RUN_FILE, json.dumps(meta, indent=2).encode())
 
 
 @task(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=is_transient, cache_policy=NO_CACHE)
@@ -118,7 +93,7 @@ def build_report(out: str, run_id: str) -> str:
     written = report.write_report(join(out, run_id))
     create_markdown_artifact(key="ratio-study-report", markdown=written.markdown,
                              description=f"run {run_id}: {written.uri}")
-    create_table_artifact(key="ratio-study-summary", table=report.summary_rows(written),
+    create_table_artifact(key="ratio-study-summary", table=report.artifact_rows(written),
                           description=f"run {run_id}")
     create_markdown_artifact(key="ratio-study-index", markdown=written.index,
                              description=f"every run under {out}")
@@ -131,12 +106,21 @@ def build_report(out: str, run_id: str) -> str:
     return written.uri
 
 
+def trains_on_cpu(device: str) -> bool:
+    """The jobs' own device rule; "cuda" with no GPU is left to each job, which fails saying so."""
+    from ratio_cnn.train import pick_device
+
+    return device != "cuda" and pick_device(device).type == "cpu"
+
+
 @contextmanager
 def cpu_threads_per_job(jobs: int):
     """Jobs side by side on a CPU get a share of its cores each, not all of them each (4 jobs x 2
     threads on 2 cores). Four jobs on 2 cores, whole study (docs/benchmarks.md): one thread each
     125 s, two each 124 s, one job at a time 136 s in fp32; 104, 116 and 115 s in an earlier bf16
     run. torch's thread count is the process's: restored afterwards."""
+    import torch
+
     before = torch.get_num_threads()
     if jobs > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -147,33 +131,24 @@ def cpu_threads_per_job(jobs: int):
 
 
 @flow(name="ratio-study", task_runner=ThreadPoolTaskRunner(max_workers=8))
-def ratio_study(
-    ratios: list[float] = [1, 2, 3, 5],
-    data: str = "data/synthetic",
-    out: str = "results",
-    run_id: str | None = None,
-    options: TrainingOptions = TrainingOptions(),
-    launch: Literal["in-process", "deployments"] = "in-process",
-    train_deployment: str = "train-ratio/gpu",
-):
-    """Every ratio's job, concurrently, then the report; Failed if any ratio failed."""
+def ratio_study(study: StudyConfig = StudyConfig()):
+    """Every ratio's job, concurrently, then the report; Failed if any ratio failed. The default
+    is the form's; the flow reads `study` and never changes it."""
     logger = get_run_logger()
-    run_id = check_name("run id", run_id or new_run_id())  # it names a folder: nothing outside `out`
-    for ratio in ratios:  # every job's options checked before any job starts
-        job_config(ratio, data, out, run_id, options)
-    record_run(join(out, run_id), run_id, ratios, data, options, launch)
-    logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in ratios),
-                launch, join(out, run_id))
-    # The jobs' own device rule; "cuda" with no GPU is left to each job, which fails saying so.
-    on_cpu = options.device != "cuda" and pick_device(options.device).type == "cpu"
-    with cpu_threads_per_job(len(ratios) if launch == "in-process" and on_cpu else 1):
-        launches = {r: launch_ratio.submit(r, data, out, run_id, options, launch, train_deployment) for r in ratios}
+    run_id = study.run_id or new_run_id()
+    jobs = study.job_configs(run_id)  # every job built and checked before any starts
+    record_run(study, run_id)
+    logger.info("run %s: ratios %s, %s, writing to %s", run_id, ", ".join(f"1:{ratio_name(r)}" for r in study.ratios),
+                study.launch, join(study.out, run_id))
+    side_by_side = len(jobs) if study.launch == "in-process" and trains_on_cpu(study.options.device) else 1
+    with cpu_threads_per_job(side_by_side):
+        launches = {job.ratio: launch_ratio.submit(job, study.launch, study.train_deployment) for job in jobs}
         for future in launches.values():
             future.wait()
     failed = [r for r, future in launches.items() if not future.state.is_completed()]
     for ratio in failed:
         logger.error("ratio 1:%s failed: %s", ratio_name(ratio), launches[ratio].state.message)
-    report_uri = build_report(out, run_id)
+    report_uri = build_report(study.out, run_id)
     logger.info("report: %s", report_uri)
     if failed:
         names = ", ".join(f"1:{ratio_name(r)}" for r in failed)
@@ -181,40 +156,20 @@ def ratio_study(
     return report_uri
 
 
-def main() -> None:
-    """`make study`: the synthetic dataset if missing, then the four ratios in-process."""
-    on_gpu = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description="Run the ratio study in-process (no server, no worker needed).")
-    parser.add_argument("--data", default="data/synthetic", help="dataset (made if it is the missing default)")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--run-id", help="default: a new time-stamped id")
-    parser.add_argument("--ratios", default="1,2,3,5", help="comma list (default: 1,2,3,5)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs if on_gpu else STUDY_EPOCHS)
-    parser.add_argument("--seeds", default=str(STUDY_DEFAULTS["seeds"] if on_gpu else CPU_SEEDS),
-                        help="a count or a comma list")
-    parser.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                        help="any other training option of `ratio-cnn train`, e.g. --set val_benign=500")
-    args = parser.parse_args()
-    if bad := [item for item in args.set if "=" not in item]:
-        parser.error(f"--set needs OPTION=VALUE, got {bad[0]!r}")
+def main(argv: list[str] | None = None) -> None:
+    """`make study`: the synthetic dataset if missing, then the study (in-process by default)."""
+    from ratio_cnn.train import pick_device
+
     try:
-        given = {"epochs": args.epochs, "seeds": args.seeds} | dict(item.split("=", 1) for item in args.set)
-        options = TrainingOptions(**{k: LIST_OPTIONS[k](v) if k in LIST_OPTIONS else v for k, v in given.items()})
-        ratios = [float(r) for r in args.ratios.split(",")]
-        run_id = check_name("run id", args.run_id or new_run_id())
-        for ratio in ratios:  # one line here, before Prefect starts, rather than a failed flow run
-            job_config(ratio, args.data, args.out, run_id, options)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise SystemExit(f"flows.study: error: option {'.'.join(map(str, first['loc']))}: {first['msg']} (--set "
-                         "OPTION=VALUE takes the options of `ratio-cnn train --help`, with underscores)") from None
-    except (ValueError, RatioCnnError) as e:
-        raise SystemExit(f"flows.study: error: {e} (--ratios 1,2,3,5; --set OPTION=VALUE)") from None
-    if args.data == "data/synthetic" and not open_storage(args.data).exists(MANIFEST):
-        print(f"making the synthetic dataset in {args.data} (about 30 s)", flush=True)
-        make_synthetic_dataset(args.data)
-    state = ratio_study(ratios=ratios, data=args.data, out=args.out, run_id=run_id, options=options,
-                        return_state=True)
+        study = study_config(argv, on_gpu=pick_device("auto").type == "cuda")
+        study = dataclasses.replace(study, run_id=study.run_id or new_run_id())
+        study.job_configs(study.run_id)  # one line here, before Prefect starts, rather than a failed flow run
+    except RatioCnnError as e:
+        raise SystemExit(f"flows.study: error: {e}") from None
+    if study.data == StudyConfig.data and not open_storage(study.data).exists(MANIFEST):
+        print(f"making the synthetic dataset in {study.data} (about 30 s)", flush=True)
+        make_synthetic_dataset(study.data)
+    state = ratio_study(study, return_state=True)
     if not state.is_completed():
         raise SystemExit(f"\nthe study failed: {state.message}")
     print(f"\nreport: {state.result()}")

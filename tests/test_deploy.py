@@ -45,7 +45,7 @@ K8S_STUDY_TEMPLATE = REPO / "deploy" / "k8s-job-template.json"
 DOCKER_TEMPLATE = REPO / "deploy" / "docker-job-template.json"
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
 PREFECT = str(Path(sys.executable).parent / "prefect")
-# The split sizes of the small synthetic dataset, as TrainingOptions fields.
+# The split sizes of the small synthetic dataset, as training option fields.
 SMALL_OPTIONS = {flag.removeprefix("--").replace("-", "_"): int(value)
                  for flag, value in zip(SMALL_SPLITS[::2], SMALL_SPLITS[1::2])}
 RUN_OUTPUTS = ("report.md", "metrics_by_ratio.png", "roc.png", "pr.png", "run.json")
@@ -308,9 +308,9 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
     [schedule] = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
     assert schedule["active"]
-    assert nightly["parameters"] == {"data": f"s3://{bucket}/data/small", "out": f"s3://{bucket}/results",
-                                     "launch": "deployments", "train_deployment": "train-ratio/gpu",
-                                     "options": {"device": "cuda"}}
+    nightly_study = {"data": f"s3://{bucket}/data/small", "out": f"s3://{bucket}/results",
+                     "launch": "deployments", "train_deployment": "train-ratio/gpu", "options": {"device": "cuda"}}
+    assert nightly["parameters"] == {"study": nightly_study}
     assert nightly["work_pool_name"] == pool
     gpu = server.get("/deployments/name/train-ratio/gpu")
     assert gpu["work_pool_name"] == pool
@@ -338,9 +338,10 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
                               AWS_SECRET_ACCESS_KEY=secret),
                    tmp_path / "worker.log")
     try:
-        params = {"ratios": [1, 2], "run_id": "e2e",
-                  "options": {"epochs": 1, "batch_size": 16, "workers": 4, "device": "cpu", "seeds": 2,
-                              **SMALL_OPTIONS}}
+        # A run's `study` replaces the deployment's whole (Prefect merges parameters by name), so it
+        # restates data, out and launch; a field left out keeps StudyConfig's default.
+        params = {"study": nightly_study | {"ratios": [1, 2], "run_id": "e2e", "options": {
+            "epochs": 1, "batch_size": 16, "workers": 4, "device": "cpu", "seeds": 2, **SMALL_OPTIONS}}}
         try:
             output = server.prefect("deployment", "run", "ratio-study/nightly", "--params", json.dumps(params),
                                     "--watch", "--watch-timeout", "420", timeout=480)
@@ -368,7 +369,7 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
 
     # Each ratio ran as its own train-ratio/gpu flow run, child of the study's run.
     runs = server.post("/flow_runs/filter", {"deployments": {"id": {"any_": [gpu["id"]]}}})
-    assert sorted(r["parameters"]["ratio"] for r in runs) == [1, 2]
+    assert sorted(r["parameters"]["job"]["ratio"] for r in runs) == [1, 2]
     assert all(r["state_type"] == "COMPLETED" and r["parent_task_run_id"] for r in runs)
 
     # The secret went nowhere: not into the bucket, any file of this session (the worker's
@@ -464,8 +465,8 @@ def test_compose_deploy_service_deploys_to_a_docker_pool_with_a_gpu_request(pref
 
     nightly = server.get("/deployments/name/ratio-study/nightly")
     assert nightly["work_pool_name"] == pool
-    assert nightly["parameters"]["data"] == "s3://ratio-cnn/data/synthetic"
-    assert nightly["parameters"]["out"] == "s3://ratio-cnn/results"
+    assert nightly["parameters"]["study"]["data"] == "s3://ratio-cnn/data/synthetic"
+    assert nightly["parameters"]["study"]["out"] == "s3://ratio-cnn/results"
     request = container_request(nightly["job_variables"])
     assert request["image"] == "ratio-cnn:latest" and request["host_config"]["NetworkMode"] == "ratio-cnn"
     assert "DeviceRequests" not in request["host_config"]  # the study itself needs no GPU

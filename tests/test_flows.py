@@ -3,12 +3,16 @@ import json
 import subprocess
 import sys
 
+import dataclasses
+
 import pytest
 from prefect.artifacts import Artifact
+from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
+from prefect.utilities.callables import parameter_schema
 
 import flows.study as study
-from ratio_cnn.config import TrainConfig
+from ratio_cnn.config import StudyConfig, StudyOptions, TrainConfig
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 from ratio_cnn.job_folder import FolderBusy
 
@@ -25,8 +29,8 @@ def harness():
 @pytest.mark.slow
 def test_study_in_process_with_a_failing_ratio(harness, small_dataset, tmp_path):
     out = tmp_path / "results"
-    state = study.ratio_study(ratios=[1, 2, 50], data=str(small_dataset), out=str(out), run_id="run-a",
-                              options=study.TrainingOptions(**SMALL_OPTIONS), return_state=True)
+    state = study.ratio_study(StudyConfig(ratios=[1, 2, 50], data=str(small_dataset), out=str(out), run_id="run-a",
+                                          options=StudyOptions(**SMALL_OPTIONS)), return_state=True)
     # 1:50 needs 600 benign images the dataset lacks: it fails, the others and the report do not.
     assert state.is_failed() and "1:50" in state.message
     run = out / "run-a"
@@ -38,15 +42,15 @@ def test_study_in_process_with_a_failing_ratio(harness, small_dataset, tmp_path)
     assert json.loads((run / "run.json").read_text())["ratios"] == [1, 2, 50]
     assert not (out / "latest.json").exists()  # latest names complete runs only
 
-    state = study.ratio_study(ratios=[1], data=str(small_dataset), out=str(out), run_id="run-b",
-                              options=study.TrainingOptions(**SMALL_OPTIONS), return_state=True)
+    state = study.ratio_study(StudyConfig(ratios=[1], data=str(small_dataset), out=str(out), run_id="run-b",
+                                          options=StudyOptions(**SMALL_OPTIONS)), return_state=True)
     assert state.is_completed()
     assert json.loads((out / "latest.json").read_text())["run_id"] == "run-b"
     assert (out / "run-a" / "report.md").read_text() == report  # runs never overwrite each other
 
     # The next night, on the same data and configuration: compared with run-b (run-a was incomplete).
-    state = study.ratio_study(ratios=[1], data=str(small_dataset), out=str(out), run_id="run-c",
-                              options=study.TrainingOptions(**SMALL_OPTIONS), return_state=True)
+    state = study.ratio_study(StudyConfig(ratios=[1], data=str(small_dataset), out=str(out), run_id="run-c",
+                                          options=StudyOptions(**SMALL_OPTIONS)), return_state=True)
     assert state.is_completed()
     published = Artifact.get("ratio-study-report").data
     assert "## Against the previous run" in published and "Run `run-b`" in published
@@ -81,23 +85,44 @@ def test_only_storage_outages_and_busy_folders_are_retried_and_retries_resume(ha
     assert calls == [False]
 
 
-def test_training_options_mirror_the_job_configuration():
-    expected = {k: v for k, v in TrainConfig(ratio=1).to_dict().items() if k not in study.PER_JOB}
-    assert study.TrainingOptions().model_dump() == expected | {"seeds": 5}  # the study's replicates
-    assert TrainConfig(ratio=1, **study.TrainingOptions(seeds=3).model_dump()).seeds == [0, 1, 2]
+def test_the_study_gives_every_job_a_job_configuration_with_the_study_seeds():
+    jobs = StudyConfig(ratios="1,2", data="d", out="o", options=StudyOptions(epochs=3)).job_configs("r")
+    assert [job.ratio for job in jobs] == [1.0, 2.0]
+    assert jobs[1] == TrainConfig(ratio=2, data="d", out="o", run_id="r", epochs=3, seeds=5)
+    assert TrainConfig(ratio=1).seeds == [0]  # one job's default: the study's differs in its replicates alone
+    assert {f.name for f in dataclasses.fields(StudyOptions)} | {"ratio", "data", "out", "run_id"} == {
+        f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_the_flows_take_their_configuration_as_a_form_and_as_json_parameters():
+    schema = parameter_schema(study.ratio_study).model_dump()
+    options = schema["definitions"]["StudyOptions"]
+    assert set(options["properties"]) == {f.name for f in dataclasses.fields(StudyOptions)}
+    assert options["properties"]["val_benign"]["description"].startswith("benign images in val")
+    assert options["additionalProperties"] is False and schema["definitions"]["StudyConfig"]["additionalProperties"] is False
+    assert schema["properties"]["study"]["default"]["options"]["seeds"] == [0, 1, 2, 3, 4]  # the form starts filled in
+
+    given = {"study": {"ratios": [1, 2], "launch": "deployments", "options": {"device": "cuda", "epochs": 1}}}
+    built = study.ratio_study.validate_parameters(given)["study"]
+    assert built == StudyConfig(ratios=[1, 2], launch="deployments", options=StudyOptions(device="cuda", epochs=1))
+    assert built.options.seeds == [0, 1, 2, 3, 4]  # an option left out keeps the study's default
+    with pytest.raises(ParameterTypeError, match="study.options.epochz"):  # a misspelt option is no default
+        study.ratio_study.validate_parameters({"study": {"options": {"epochz": 1}}})
+    job = built.job_configs("r")[0]
+    assert study.train_ratio.validate_parameters({"job": job.to_dict()})["job"] == job  # what run_deployment sends
 
 
 def test_a_run_id_that_leaves_the_output_folder_is_refused(harness, tmp_path):
-    state = study.ratio_study(ratios=[1], data=str(tmp_path), out=str(tmp_path / "out"), run_id="..",
-                              return_state=True)
+    parameters = {"ratios": [1], "data": str(tmp_path), "out": str(tmp_path / "out"), "run_id": ".."}
+    state = study.ratio_study(parameters, return_state=True)  # JSON, as a deployment run gets it
     assert state.is_failed() and "run id '..' is not a valid name" in state.message
     assert not list(tmp_path.rglob("run.json"))
 
 
 def test_bad_options_fail_the_study_before_any_job_starts(harness, tmp_path):
-    options = study.TrainingOptions(**SMALL_OPTIONS | {"strategies": ["none", "smote"]})
-    state = study.ratio_study(ratios=[1, 2], data=str(tmp_path), out=str(tmp_path / "out"), run_id="bad",
-                              options=options, return_state=True)
+    options = StudyOptions(**SMALL_OPTIONS | {"strategies": ["none", "smote"]})
+    state = study.ratio_study(StudyConfig(ratios=[1, 2], data=str(tmp_path), out=str(tmp_path / "out"), run_id="bad",
+                                          options=options), return_state=True)
     assert state.is_failed() and "strategy none,smote: choose one or more of" in state.message
     assert not (tmp_path / "out").exists()
 
