@@ -1,4 +1,5 @@
-# `make study` runs the whole study on the embedded defaults; `make test` runs every test.
+# `make study` runs the whole study on the embedded defaults; `make test` runs every test;
+# `make test-fast` everything but the slow tests (real CLI, subprocesses, servers, faults): the edit loop.
 # Both create the virtual environment first if it is missing.
 SHELL := bash
 .SHELLFLAGS := -o pipefail -ec
@@ -12,7 +13,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export PREFECT_LOGGING_EXTRA_LOGGERS := ratio_cnn
 
-.PHONY: install study test bench lint clean
+.PHONY: install study test test-fast bench lint clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +29,9 @@ study: install
 
 test: install
 	$(BIN)/python -m pytest -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -ra -m 'not slow'
 
 # ratio-cnn against the naive baseline (about 25 min on 2 cores): bench/results/latest.json, docs/benchmarks.md.
 bench: install

@@ -75,6 +75,13 @@ def small_dataset(tmp_path_factory) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items):
+    """A test that uses the moto S3 server is slow: a real server over HTTP."""
+    for item in items:
+        if "moto_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real `ratio-cnn` command, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "ratio_cnn.cli", *args], capture_output=True, text=True,

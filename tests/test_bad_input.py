@@ -20,6 +20,8 @@ from PIL import Image
 
 from conftest import SMALL_SPLITS, free_port, run_cli, start_moto
 
+pytestmark = pytest.mark.slow  # the real CLI in a subprocess, as a user runs it
+
 PREFIX = "ratio-cnn: error:"
 # Every malignant image of the small dataset is used (12 val + test, 12 train), so damaging
 # one of them always reaches the loader, whatever the split seed does with the benign ones.
@@ -123,7 +125,6 @@ def test_undecodable_image_over_the_limit_fails(dataset, tmp_path, damage):
     assert_not_complete(out)
 
 
-@pytest.mark.slow
 def test_undecodable_image_within_the_limit_is_skipped_and_counted(dataset, tmp_path):
     truncate(dataset / VICTIM)
     out = tmp_path / "out"

@@ -59,6 +59,7 @@ def test_study_in_process_with_a_failing_ratio(harness, small_dataset, tmp_path)
     assert all(f"`{r}`" in index for r in ("run-a", "run-b", "run-c")) and index == (out / "index.md").read_text()
 
 
+@pytest.mark.slow  # a Prefect server (the test harness)
 def test_only_storage_outages_and_busy_folders_are_retried_and_retries_resume(harness, monkeypatch):
     calls = []
 
@@ -112,6 +113,7 @@ def test_the_flows_take_their_configuration_as_a_form_and_as_json_parameters():
     assert study.train_ratio.validate_parameters({"job": job.to_dict()})["job"] == job  # what run_deployment sends
 
 
+@pytest.mark.slow  # a Prefect server (the test harness)
 def test_a_run_id_that_leaves_the_output_folder_is_refused(harness, tmp_path):
     parameters = {"ratios": [1], "data": str(tmp_path), "out": str(tmp_path / "out"), "run_id": ".."}
     state = study.ratio_study(parameters, return_state=True)  # JSON, as a deployment run gets it
@@ -119,6 +121,7 @@ def test_a_run_id_that_leaves_the_output_folder_is_refused(harness, tmp_path):
     assert not list(tmp_path.rglob("run.json"))
 
 
+@pytest.mark.slow  # a Prefect server (the test harness)
 def test_bad_options_fail_the_study_before_any_job_starts(harness, tmp_path):
     options = StudyOptions(**SMALL_OPTIONS | {"strategies": ["none", "smote"]})
     state = study.ratio_study(StudyConfig(ratios=[1, 2], data=str(tmp_path), out=str(tmp_path / "out"), run_id="bad",
@@ -131,6 +134,7 @@ def test_bad_options_fail_the_study_before_any_job_starts(harness, tmp_path):
     ("strategies=none,smote", "flows.study: error: strategy none,smote: choose one or more of"),
     ("seeds=0,0", "flows.study: error: seeds [0, 0] lists a seed twice"),
 ])
+@pytest.mark.slow  # the study command in a subprocess
 def test_the_study_command_refuses_bad_options_in_one_line_before_prefect_starts(option, message, tmp_path):
     result = subprocess.run([sys.executable, "-m", "flows.study", "--out", str(tmp_path / "out"), "--set", option],
                             capture_output=True, text=True, timeout=120)

@@ -59,6 +59,7 @@ def test_the_prior_shift_correction_removes_an_effect_that_is_only_the_operating
     assert points["recall"].thresholds.shape == (3,)
 
 
+@pytest.mark.slow  # the real CLI
 def test_report_command_reads_only_the_run_folder(tmp_path):
     run = tmp_path / "run-y"
     job(run, 1, separation=1.0)
@@ -103,6 +104,7 @@ def test_strategies_and_models_are_compared_with_the_baseline(tmp_path):
     assert "### augment, upgraded" in written.markdown
 
 
+@pytest.mark.slow  # the real CLI
 def test_report_of_a_folder_that_is_no_run(tmp_path):
     result = run_cli("report", "--run", str(tmp_path))
     assert result.returncode == 2 and "holds no ratio-<N>/ folders" in result.stderr

@@ -10,7 +10,7 @@ from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.storage import LocalStorage, S3Storage, basename, join, open_storage, parent
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: the moto server
 def storage(request, tmp_path):
     if request.param == "local":
         return open_storage(str(tmp_path / "root"))

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # servers that hang, cut and drop: fault injection
+
 from faults import DROP, FORWARD, HANG, CuttingProxy, SilentServer
 from ratio_cnn.errors import StorageUnavailable
 from ratio_cnn.storage import open_storage
