@@ -2,7 +2,7 @@
 
 Each runs in a process of its own (bench/isolated.py) and returns plain numbers. The
 ratio-cnn side is the project's own code: `run_job`, or the parts of its loop as the job
-calls them (`load_images`, `make_plan`, `train_one_epoch`, `predict`); the naive side is
+calls them (`load_images`, `build_replicate`, `train_one_epoch`, `predict`); the naive side is
 bench/naive.py. Timed regions exclude a warm-up and drain the GPU's queue at both ends.
 """
 import time
@@ -18,10 +18,10 @@ from ratio_cnn.config import TrainConfig
 from ratio_cnn.data import LABELS, MANIFEST, load_images, read_manifest
 from ratio_cnn.evaluate import predict
 from ratio_cnn.job import run_job
-from ratio_cnn.model import SimpleCNN, build_model
+from ratio_cnn.model import SimpleCNN
 from ratio_cnn.storage import open_storage
 from ratio_cnn.strategies import make_plan
-from ratio_cnn.train import make_optimizer, pick_eval_batch, pick_precision, train_one_epoch
+from ratio_cnn.train import build_replicate, pick_eval_batch, pick_precision, train_one_epoch
 
 WARM_UP = 64  # images (two batches) through each loop before timing: allocator, kernels, page cache
 BATCH, LR = TrainConfig.batch_size, TrainConfig.lr
@@ -63,14 +63,11 @@ def loop_ratio_cnn(data: str, count: int, epochs: int, device: str = "cpu", prec
     decode_seconds = time.perf_counter() - started
     images = loaded.images.to(device)
     labels = torch.tensor(rows["label"].map(LABELS).to_numpy(), dtype=torch.float32, device=device)
-    model = build_model("simple", torch.Generator().manual_seed(0)).to(device)
-    if precision == "bf16":
-        model = model.to(memory_format=torch.channels_last)  # as the job does
-    optimizer = make_optimizer(model, LR)
+    replicate = build_replicate("simple", "none", 0, images, labels, LR, precision, TrainConfig.synthetic_malignant)
+    model, optimizer, plan = replicate.model, replicate.optimizer, replicate.plan
+    order, draws = replicate.order_generator, replicate.device_generator
     eval_batch = pick_eval_batch(TrainConfig.eval_batch_size, device)
-    order, draws = torch.Generator().manual_seed(0), torch.Generator(device).manual_seed(0)
     warm_up = make_plan("none", images[:WARM_UP], labels[:WARM_UP], draws)
-    plan = make_plan("none", images, labels, draws)
 
     train_one_epoch(model, optimizer, warm_up, BATCH, order, draws, precision)
     train = _timed(lambda: train_one_epoch(model, optimizer, plan, BATCH, order, draws, precision), device, epochs)

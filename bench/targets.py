@@ -5,7 +5,7 @@ most" one: 1.0 or more means met. A missed target says why, from the measured nu
 """
 import numpy as np
 
-from flows.study import CPU_SEEDS, STUDY_EPOCHS
+from ratio_cnn.config import StudyOptions
 
 GPU_COMMAND = ("ratio-cnn data ingest ../shared/data/isic-dermoscopy --out data/isic && "
                "python -m bench.gpu --data data/isic --val-benign 500 --test-benign 500")
@@ -128,12 +128,12 @@ def memory(scale: dict) -> dict:
 
 
 def make_study(seconds: float | None) -> dict:
-    target = "CPU: `make study` (3 seeds per ratio) ≤ 10 minutes on 2 cores"
+    target = f"CPU: `make study` ({StudyOptions.CPU_SEEDS} seeds per ratio) ≤ 10 minutes on 2 cores"
     if seconds is None:
         return _row(target, "measured separately, see README", None, None,
                     "not timed by the bench: time `make study` and pass `--make-study-seconds`")
     return _row(target, f"{seconds / 60:.1f} min", 600 / seconds, seconds <= 600,
-                f"the study trains 4 ratios × {CPU_SEEDS} seeds × {STUDY_EPOCHS} epochs on 2 cores; see the loop table "
+                f"the study trains 4 ratios × {StudyOptions.CPU_SEEDS} seeds × {StudyOptions.CPU_EPOCHS} epochs on 2 cores; see the loop table "
                 "for images/s")
 
 

@@ -8,17 +8,18 @@ test are the same for every seed and ratio, and with `--sample fixed` so is each
 training sample, so seed s at 1:1 and seed s at 1:5 start from the same weights.
 """
 import io
-import json
 import logging
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from ratio_cnn import checkpoint, data, plots
 from ratio_cnn.config import TrainConfig, ratio_name, variant_folder
@@ -26,19 +27,56 @@ from ratio_cnn.data import LABELS, LoadedImages
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.evaluate import evaluate
 from ratio_cnn.job_folder import JobFolder
-from ratio_cnn.model import attach_dropout_generator, build_model
 from ratio_cnn.stats import METRICS, seed_interval, sigmoid
 from ratio_cnn.storage import Storage, open_storage
-from ratio_cnn.strategies import make_plan
-from ratio_cnn.train import make_optimizer, pick_device, pick_eval_batch, pick_precision, train_one_epoch
+from ratio_cnn.train import (Replicate, build_replicate, pick_device, pick_eval_batch, pick_precision,
+                             train_one_epoch)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows of the job's decoded images, on the device."""
+
+    images: torch.Tensor  # (n, 3, 128, 128) uint8
+    labels: torch.Tensor  # (n,) float32, 1 = malignant
+    names: list[str]  # the image of each row
+
+
+@dataclass
+class JobData:
+    """Every image the job needs, decoded once; each seed's splits are rows of it."""
+
+    loaded: LoadedImages  # the images (on the device once `move_to` ran), their names, what loading took
+    labels: torch.Tensor  # (N,) float32, 1 = malignant: one per image
+    rows: dict[int, dict[str, torch.Tensor]]  # seed -> "train", "val", "test" -> rows of the images
+    counts: dict[str, dict[str, int]]  # split -> malignant and benign images (of the first seed's sample)
+    manifest_digest: str
+
+    def move_to(self, device: torch.device) -> None:
+        """Images and labels onto the device; on a GPU the CPU copy goes."""
+        self.loaded.images, self.labels = self.loaded.images.to(device), self.labels.to(device)
+
+    def splits(self, seed: int) -> dict[str, Split]:
+        return {split: select_rows(self.loaded.images, self.labels, self.loaded.names, rows)
+                for split, rows in self.rows[seed].items()}
+
+
+@dataclass(frozen=True)
+class TrainedReplicate:
+    """What training a replicate gives besides its model."""
+
+    history: list[dict]  # one row per epoch from the first (a resumed seed's earlier rows come from its checkpoint)
+    val: dict  # the last epoch's val metrics
+    val_logits: np.ndarray  # (n,) float32
+    epochs_trained: int  # by this attempt
+
 
 def run_job(cfg: TrainConfig, flow_run: str | None = None) -> dict:
     """Run the job; on failure leave error.json (the reason) where metrics.json would be."""
     out = open_storage(cfg.out, timeout=cfg.storage_timeout)
-    staging = cfg.cache_dir / "staging" if cfg.cache_dir else Path(tempfile.gettempdir()) / "ratio-cnn-staging"
-    folder = JobFolder(out, cfg.job_prefix, staging / _slug(out.describe(cfg.job_prefix)), flow_run)
+    folder = JobFolder(out, cfg.job_prefix, cfg.cache_dir, flow_run)
     folder.check_writable()
     folder.claim(cfg.to_dict(), cfg.resume)
     try:
@@ -51,18 +89,57 @@ def run_job(cfg: TrainConfig, flow_run: str | None = None) -> dict:
         raise
 
 
-def _slug(uri: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in uri)[-150:]
-
-
 def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
+    """Load the data once, then train and evaluate every seed of every variant; the job's metrics.json."""
     started = time.perf_counter()
     title = f"1:{ratio_name(cfg.ratio)} ratio"
     source = open_storage(cfg.data, timeout=cfg.storage_timeout)
-    deadline = time.monotonic() + cfg.data_deadline
+    dataset = load_data(cfg, source, title)
+    load_seconds = time.perf_counter() - started
+    log.info("%s: %d images ready (%d downloaded, %d decoded, the rest from the cache) in %.1f s", title,
+             len(dataset.loaded.names), dataset.loaded.downloaded, dataset.loaded.decoded, load_seconds)
 
     # -------------------------------------------------------------------------
-    # data: manifest, split, samples, then every image fetched and decoded once
+    # the whole dataset lives on the device; batches are normalised there
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    if device.type == "cuda":
+        data.check_memory(len(dataset.loaded.names), device)
+    dataset.move_to(device)
+    log.info("%s: training on %s (%s) for %d epochs, %d seed(s), %s", title, device, precision, cfg.epochs,
+             len(cfg.seeds), ", ".join(f"{s}+{m}" for s, m in cfg.variants))
+
+    variants = []
+    for strategy, model_name in cfg.variants:
+        variant = variant_folder(strategy, model_name)
+        seed_metrics, histories = {}, {}
+        for seed in cfg.seeds:
+            seed_metrics[seed], histories[seed] = run_seed(cfg, folder, strategy, model_name, seed,
+                                                           dataset.splits(seed), precision,
+                                                           f"{title} {variant} seed {seed}")
+        write_variant_figures(folder, variant, seed_metrics, histories, f"{title} — {strategy}, {model_name}")
+        variants.append({"strategy": strategy, "model": model_name, "folder": variant,
+                         "seeds": {str(s): m for s, m in seed_metrics.items()},
+                         "summary": intervals_over_seeds(seed_metrics)})
+
+    # -------------------------------------------------------------------------
+    # the job's metrics.json: every seed of every variant, and their summary
+    return {
+        "ratio": cfg.ratio,
+        "run_id": cfg.run_id,
+        "config": cfg.to_dict(),
+        "data": {"uri": source.uri, "manifest_digest": dataset.manifest_digest, "counts": dataset.counts,
+                 "sample": cfg.sample, "skipped_images": dataset.loaded.skipped},
+        "variants": variants,
+        "timings": {"load_seconds": load_seconds, "downloaded": dataset.loaded.downloaded,
+                    "decoded": dataset.loaded.decoded, "total_seconds": time.perf_counter() - started},
+        "environment": environment(device, precision) | {"eval_batch_size": pick_eval_batch(cfg.eval_batch_size, device)},
+    }
+
+
+def load_data(cfg: TrainConfig, source: Storage, title: str) -> JobData:
+    """Manifest, split, every seed's sample, then every image fetched and decoded once."""
+    deadline = time.monotonic() + cfg.data_deadline
     log.info("%s: reading the dataset at %s", title, source.uri)
     present = source.list_versions()
     if data.MANIFEST not in present:
@@ -72,10 +149,10 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     manifest = data.read_manifest(raw_manifest, source.describe(data.MANIFEST))
     samples = {seed: data.split_and_sample(manifest, cfg, source.uri, seed if cfg.sample == "per-seed" else None)
                for seed in cfg.seeds}
-    sets = samples[cfg.seeds[0]]
-    data.check_images_exist(source, present, [s["train"] for s in samples.values()] + [sets["val"], sets["test"]])
+    first = samples[cfg.seeds[0]]
+    data.check_images_exist(source, present, [s["train"] for s in samples.values()] + [first["val"], first["test"]])
     log.info("%s: %s", title, ", ".join(f"{s} {c['malignant']} malignant + {c['benign']} benign"
-                                         for s, c in data.class_counts(sets).items()))
+                                         for s, c in data.class_counts(first).items()))
     # Val, test, then training images: each split of the first sample is one run of rows, a view of
     # the decoded set rather than a copy (later seeds' other samples, with --sample per-seed, are copies).
     needed = list(dict.fromkeys(n for split in ("val", "test", "train") for s in samples.values()
@@ -86,134 +163,119 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     label_of = dict(zip(manifest["image"], manifest["label"].map(LABELS)))
     labels = torch.tensor([label_of[n] for n in loaded.names], dtype=torch.float32)
     rows = {seed: {split: loaded.rows(df["image"]) for split, df in s.items()} for seed, s in samples.items()}
-    counts = {split: _counts(labels[r]) for split, r in rows[cfg.seeds[0]].items()}
-    load_seconds = time.perf_counter() - started
-    log.info("%s: %d images ready (%d downloaded, %d decoded, the rest from the cache) in %.1f s", title,
-             len(loaded.names), loaded.downloaded, loaded.decoded, load_seconds)
-
-    # -------------------------------------------------------------------------
-    # the whole dataset lives on the device; batches are normalised there
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    if device.type == "cuda":
-        data.check_memory(len(loaded.names), device)
-    pool, labels = loaded.images.to(device), labels.to(device)
-    loaded.images = None  # on a GPU, the CPU copy goes
-    evaluation = {split: _take(pool, labels, rows[cfg.seeds[0]][split]) for split in ("val", "test")}
-    shared_train = _take(pool, labels, rows[cfg.seeds[0]]["train"]) if cfg.sample == "fixed" else None
-    log.info("%s: training on %s (%s) for %d epochs, %d seed(s), %s", title, device, precision, cfg.epochs,
-             len(cfg.seeds), ", ".join(f"{s}+{m}" for s, m in cfg.variants))
-
-    variants = []
-    for strategy, model_name in cfg.variants:
-        variant = variant_folder(strategy, model_name)
-        per_seed = {}
-        for seed in cfg.seeds:
-            train = shared_train or _take(pool, labels, rows[seed]["train"])
-            per_seed[seed] = run_seed(cfg, folder, variant, strategy, model_name, seed, *train, evaluation,
-                                      loaded, rows[seed], device, precision, f"{title} {variant} seed {seed}")
-        write_variant_figures(folder, variant, per_seed, f"{title} — {strategy}, {model_name}")
-        variants.append({"strategy": strategy, "model": model_name, "folder": variant,
-                         "seeds": {str(s): m for s, m in per_seed.items()}, "summary": summarise(per_seed)})
-
-    # -------------------------------------------------------------------------
-    # the job's metrics.json: every seed of every variant, and their summary
-    return {
-        "ratio": cfg.ratio,
-        "run_id": cfg.run_id,
-        "config": cfg.to_dict(),
-        "data": {"uri": source.uri, "manifest_digest": data.digest(raw_manifest), "counts": counts,
-                 "sample": cfg.sample, "skipped_images": loaded.skipped},
-        "variants": variants,
-        "timings": {"load_seconds": load_seconds, "downloaded": loaded.downloaded, "decoded": loaded.decoded,
-                    "total_seconds": time.perf_counter() - started},
-        "environment": environment(device, precision) | {"eval_batch_size": pick_eval_batch(cfg.eval_batch_size, device)},
-    }
+    counts = {split: label_counts(labels[r]) for split, r in rows[cfg.seeds[0]].items()}
+    return JobData(loaded, labels, rows, counts, data.digest(raw_manifest))
 
 
-def run_seed(cfg: TrainConfig, folder: JobFolder, variant: str, strategy: str, model_name: str, seed: int,
-             train_images: torch.Tensor, train_labels: torch.Tensor, evaluation: dict, loaded: LoadedImages,
-             rows: dict, device: torch.device, precision: str, title: str) -> dict:
-    """One replicate: train (from its checkpoint when resuming), evaluate, write its outputs."""
-    if cfg.resume:
-        done = folder.seed_done(variant, seed) or folder.upload_staged(variant, seed)
-        if done:
-            log.info("%s: done by an earlier attempt", title)
-            return done
+def select_rows(images: torch.Tensor, labels: torch.Tensor, names: list[str], rows: torch.Tensor) -> Split:
+    """These rows of the decoded set: a view when they are one run (no copy), else a copy."""
+    split_names = [names[i] for i in rows.tolist()]
+    if len(rows) and bool((rows == torch.arange(rows[0], rows[0] + len(rows))).all()):
+        run = slice(int(rows[0]), int(rows[0]) + len(rows))
+        return Split(images[run], labels[run], split_names)
+    rows = rows.to(images.device)
+    return Split(images[rows], labels[rows], split_names)
+
+
+# -----------------------------------------------------------------------------
+# one seed: its replicate trained, evaluated, its outputs written
+
+
+def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str, seed: int,
+             splits: dict[str, Split], precision: str, title: str) -> tuple[dict, pd.DataFrame]:
+    """One replicate: train (from its checkpoint when resuming), evaluate, write its outputs; its
+    metrics.json and its history (one row per epoch)."""
+    variant = variant_folder(strategy, model_name)
+    if cfg.resume and (done := folder.seed_done(variant, seed) or folder.upload_staged(variant, seed)):
+        log.info("%s: done by an earlier attempt", title)
+        return done, folder.seed_history(variant, seed)
     started = time.perf_counter()
-    # Every random draw of the seed comes from these generators, never from the global RNG,
-    # so seeds running side by side in one process cannot change each other's results.
-    order_generator = torch.Generator().manual_seed(seed)
-    device_generator = torch.Generator(device).manual_seed(seed)
-    model = build_model(model_name, torch.Generator().manual_seed(seed)).to(device)
-    if precision == "bf16":
-        model = model.to(memory_format=torch.channels_last)
-    attach_dropout_generator(model, device_generator)
-    plan = make_plan(strategy, train_images, train_labels, device_generator, cfg.synthetic_malignant)
-    optimizer = make_optimizer(model, cfg.lr)
-    generators = {"order": order_generator, "device": device_generator}
-    eval_batch = pick_eval_batch(cfg.eval_batch_size, device)
-    first_epoch, history = 1, []
-    if cfg.resume and (saved := folder.load_checkpoint(variant, seed)) is not None:
-        last, history = checkpoint.unpack(saved, model, optimizer, generators)
-        first_epoch = last + 1
-        log.info("%s: resuming after epoch %d", title, last)
-
-    # -------------------------------------------------------------------------
-    # training, with the validation metrics after every epoch
-    last_checkpoint = time.monotonic()
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        epoch_started = time.perf_counter()
-        train = train_one_epoch(model, optimizer, plan, cfg.batch_size, order_generator, device_generator,
-                                precision, description=f"{title} epoch {epoch}/{cfg.epochs}")
-        val, val_logits = evaluate(model, *evaluation["val"], eval_batch, cfg.threshold, precision)
-        history.append({"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
-                        "seconds": time.perf_counter() - epoch_started})
-        log.info("%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", title, epoch, cfg.epochs,
-                 train["loss"], train["accuracy"], val["loss"], val["accuracy"])
-        folder.check_owner()
-        if epoch < cfg.epochs and time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
-            folder.save_checkpoint(variant, seed, checkpoint.pack(model, optimizer, epoch, history, generators))
-            last_checkpoint = time.monotonic()
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    replicate = build_replicate(model_name, strategy, seed, train.images, train.labels, cfg.lr, precision,
+                                cfg.synthetic_malignant)
+    trained = train_replicate(cfg, folder, variant, seed, replicate, val, title)
     train_seconds = time.perf_counter() - started
 
     # -------------------------------------------------------------------------
     # evaluation of the final model: val from the last epoch, test now
-    test, test_logits = evaluate(model, *evaluation["test"], eval_batch, cfg.threshold, precision)
-    log.info("%s test: loss %.4f acc %.3f precision %.3f recall %.3f F1 %.3f ROC-AUC %s", title, test["loss"],
-             test["accuracy"], test["precision"], test["recall"], test["f1"],
-             "n/a" if test["roc_auc"] is None else f"{test['roc_auc']:.3f}")
+    eval_batch = pick_eval_batch(cfg.eval_batch_size, test.images.device)
+    test_metrics, test_logits = evaluate(replicate.model, test.images, test.labels, eval_batch, cfg.threshold,
+                                         precision)
+    log.info("%s test: loss %.4f acc %.3f precision %.3f recall %.3f F1 %.3f ROC-AUC %s", title,
+             test_metrics["loss"], test_metrics["accuracy"], test_metrics["precision"], test_metrics["recall"],
+             test_metrics["f1"], "n/a" if test_metrics["roc_auc"] is None else f"{test_metrics['roc_auc']:.3f}")
 
     # -------------------------------------------------------------------------
     # outputs: staged here, uploaded with the seed's metrics.json last
-    metrics = {"seed": seed, "strategy": strategy, "model": model_name, "val": val, "test": test,
-               "train": {**_counts(plan.labels), "odds": plan.train_odds},
-               "timings": {"train_seconds": train_seconds, "epochs_trained": cfg.epochs - first_epoch + 1,
-                           "train_images_per_second": (cfg.epochs - first_epoch + 1) * len(plan.labels)
+    plan = replicate.plan
+    metrics = {"seed": seed, "strategy": strategy, "model": model_name, "val": trained.val, "test": test_metrics,
+               "train": {**label_counts(plan.labels), "odds": plan.train_odds},
+               "timings": {"train_seconds": train_seconds, "epochs_trained": trained.epochs_trained,
+                           "train_images_per_second": trained.epochs_trained * len(plan.labels)
                            / max(train_seconds, 1e-9)}}
+    history = pd.DataFrame(trained.history)
+    files = seed_files(history, {"val": (val, trained.val_logits), "test": (test, test_logits)}, replicate.model)
+    folder.write_seed(variant, seed, files, metrics)
+    return metrics, history
+
+
+def train_replicate(cfg: TrainConfig, folder: JobFolder, variant: str, seed: int, replicate: Replicate,
+                    val: Split, title: str) -> TrainedReplicate:
+    """Train for cfg.epochs, from the seed's checkpoint when resuming; validate after every epoch."""
+    model, optimizer = replicate.model, replicate.optimizer
+    first_epoch, history = 1, []
+    if cfg.resume and (saved := folder.load_checkpoint(variant, seed)) is not None:
+        last, history = checkpoint.unpack(saved, model, optimizer, replicate.generators)
+        first_epoch = last + 1
+        log.info("%s: resuming after epoch %d", title, last)
+    eval_batch = pick_eval_batch(cfg.eval_batch_size, val.images.device)
+
+    last_checkpoint = time.monotonic()
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        epoch_started = time.perf_counter()
+        train = train_one_epoch(model, optimizer, replicate.plan, cfg.batch_size, replicate.order_generator,
+                                replicate.device_generator, replicate.precision,
+                                description=f"{title} epoch {epoch}/{cfg.epochs}")
+        val_metrics, val_logits = evaluate(model, val.images, val.labels, eval_batch, cfg.threshold, replicate.precision)
+        history.append({"epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                        "val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"],
+                        "val_roc_auc": val_metrics["roc_auc"], "seconds": time.perf_counter() - epoch_started})
+        log.info("%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f", title, epoch, cfg.epochs,
+                 train["loss"], train["accuracy"], val_metrics["loss"], val_metrics["accuracy"])
+        folder.check_owner()
+        if epoch < cfg.epochs and time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
+            folder.save_checkpoint(variant, seed, checkpoint.pack(model, optimizer, epoch, history,
+                                                                  replicate.generators))
+            last_checkpoint = time.monotonic()
+    return TrainedReplicate(history, val_metrics, val_logits, cfg.epochs - first_epoch + 1)
+
+
+def seed_files(history: pd.DataFrame, predicted: dict[str, tuple[Split, np.ndarray]], model: nn.Module) -> dict:
+    """A seed's outputs as bytes: history.csv, predictions.csv (label, logit and probability of every
+    image of each predicted split) and model.pt."""
     predictions = pd.concat([
-        pd.DataFrame({"split": split, "image": [loaded.names[i] for i in rows[split].tolist()],
-                      "label": np.where(evaluation[split][1].cpu().numpy() == 1, "malignant", "benign"),
+        pd.DataFrame({"split": split, "image": s.names,
+                      "label": np.where(s.labels.cpu().numpy() == 1, "malignant", "benign"),
                       "logit": logits.astype(np.float64), "probability": sigmoid(logits)})
-        for split, logits in (("val", val_logits), ("test", test_logits))])
+        for split, (s, logits) in predicted.items()])
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)  # loads with weights_only=True
-    files = {"history.csv": pd.DataFrame(history).to_csv(index=False).encode(),
-             "predictions.csv": predictions.to_csv(index=False).encode(), "model.pt": weights.getvalue()}
-    folder.write_seed(variant, seed, files, metrics)
-    return metrics
+    return {"history.csv": history.to_csv(index=False).encode(),
+            "predictions.csv": predictions.to_csv(index=False).encode(), "model.pt": weights.getvalue()}
 
 
-def write_variant_figures(folder: JobFolder, variant: str, per_seed: dict, title: str) -> None:
+# -----------------------------------------------------------------------------
+# a variant's figures and summary, the job's environment
+
+
+def write_variant_figures(folder: JobFolder, variant: str, seed_metrics: dict[int, dict],
+                          histories: dict[int, pd.DataFrame], title: str) -> None:
     """The confusion matrices and curves of the first seed, and the curves of every seed."""
-    histories = {s: pd.read_csv(io.BytesIO(folder.out.get(folder.key(variant, f"seed-{s}", "history.csv"))))
-                 for s in per_seed}
-    first = next(iter(per_seed))
+    first = next(iter(seed_metrics))
     with tempfile.TemporaryDirectory(prefix="ratio-cnn-") as tmp:
         figures = {
             "confusion_matrix.png": lambda p: plots.confusion_matrices(
-                {s: per_seed[first][s] for s in ("val", "test")}, f"{title}, seed {first}", p),
+                {s: seed_metrics[first][s] for s in ("val", "test")}, f"{title}, seed {first}", p),
             "curves.png": lambda p: plots.training_curves(histories[first], f"{title}, seed {first}", p),
             "curves_by_seed.png": lambda p: plots.training_curves_by_seed(histories, title, p),
         }
@@ -223,23 +285,16 @@ def write_variant_figures(folder: JobFolder, variant: str, per_seed: dict, title
             folder.put(variant, name, data=path.read_bytes())
 
 
-def summarise(per_seed: dict[int, dict]) -> dict:
-    """Mean over seeds with a 95% t interval (stats.seed_interval, as the report's), for every metric of val and test."""
-    intervals = {split: {metric: seed_interval([m[split][metric] for m in per_seed.values()],
+def intervals_over_seeds(seed_metrics: dict[int, dict]) -> dict:
+    """metrics.json's `summary` of a variant: for every metric of val and test, the mean over seeds
+    with a 95% t interval (stats.seed_interval, as the report's)."""
+    intervals = {split: {metric: seed_interval([m[split][metric] for m in seed_metrics.values()],
                                                None if metric == "loss" else 1.0) for metric in METRICS}
                  for split in ("val", "test")}
     return {split: {metric: i and i.to_dict() for metric, i in by_metric.items()} for split, by_metric in intervals.items()}
 
 
-def _take(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """These rows of the set: a view when they are one run (no copy), else a copy."""
-    if len(rows) and bool((rows == torch.arange(rows[0], rows[0] + len(rows))).all()):
-        return images[rows[0] : rows[0] + len(rows)], labels[rows[0] : rows[0] + len(rows)]
-    rows = rows.to(images.device)
-    return images[rows], labels[rows]
-
-
-def _counts(labels: torch.Tensor) -> dict:
+def label_counts(labels: torch.Tensor) -> dict:
     malignant = int(labels.sum().item())
     return {"malignant": malignant, "benign": len(labels) - malignant}
 

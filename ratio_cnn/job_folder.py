@@ -14,19 +14,25 @@ is older than STALE_SECONDS, or that recorded a failure, is taken over by `--res
 compare-and-swap, so two resumers cannot both win. Only the owner writes, so metrics.json
 and error.json never both describe one job.
 
-Outputs of a seed are written to a local staging folder first and uploaded from there; if
-the upload fails they stay staged, and a resumed job on this machine uploads them without
-training again.
+Outputs of a seed are written to a local staging folder first (under the cache folder, else
+the system's temporary folder; one per job, named after its storage path) and uploaded from
+there; if the upload fails they stay staged, and a resumed job on this machine uploads them
+without training again.
 """
+import io
 import json
 import logging
 import os
 import platform
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
+
+import pandas as pd
 
 from ratio_cnn.config import OPERATIONAL
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable, Terminated
@@ -40,7 +46,7 @@ CHECKPOINT = "checkpoint.pt"
 SEED_FILES = ("history.csv", "predictions.csv", "model.pt")  # then the seed's metrics.json
 HEARTBEAT_SECONDS = 20  # how often a running job refreshes its claim
 STALE_SECONDS = 120  # a claim not refreshed for this long belongs to a job that is gone
-UPLOAD_RETRIES = (2, 4, 8, 16, 30)  # seconds between upload attempts: rides out a minute-long outage
+UPLOAD_RETRIES = (2, 4, 8, 16, 30)  # seconds between attempts at writing outputs: rides out a minute-long outage
 
 
 def owner_gone(claim: dict) -> bool:
@@ -55,6 +61,11 @@ def owner_gone(claim: dict) -> bool:
         return True
 
 
+def _slug(uri: str) -> str:
+    """A folder name for a storage path."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in uri)[-150:]
+
+
 class FolderBusy(RatioCnnError):
     """Another job owns the folder and looks alive: the flow retries later (it may finish or die)."""
 
@@ -64,8 +75,10 @@ class LostClaim(RatioCnnError):
 
 
 class JobFolder:
-    def __init__(self, out: Storage, prefix: str, staging: Path, flow_run: str | None = None) -> None:
-        self.out, self.prefix, self.staging = out, prefix, staging
+    def __init__(self, out: Storage, prefix: str, cache: Path | None, flow_run: str | None = None) -> None:
+        self.out, self.prefix = out, prefix
+        staging = cache / "staging" if cache else Path(tempfile.gettempdir()) / "ratio-cnn-staging"
+        self.staging = staging / _slug(out.describe(prefix))  # this job's, on this machine
         self.owner = {"host": platform.node(), "pid": os.getpid(), "process_start": process_start(),
                       "flow_run": flow_run, "token": secrets.token_hex(8)}
         self._version: str | None = None  # of claim.json as this job last wrote it
@@ -196,18 +209,25 @@ class JobFolder:
     # -------------------------------------------------------------------------
     # seeds: checkpoints and outputs
 
+    def _seed_key(self, variant: str, seed: int, name: str) -> str:
+        return self.key(variant, f"seed-{seed}", name)
+
     def seed_done(self, variant: str, seed: int) -> dict | None:
         """The seed's metrics.json if an earlier attempt finished it."""
-        key = self.key(variant, f"seed-{seed}", METRICS)
+        key = self._seed_key(variant, seed, METRICS)
         return json.loads(self.out.get(key)) if self.out.exists(key) else None
 
+    def seed_history(self, variant: str, seed: int) -> pd.DataFrame:
+        """The history.csv of a seed an earlier attempt finished: one row per epoch."""
+        return pd.read_csv(io.BytesIO(self.out.get(self._seed_key(variant, seed, "history.csv"))))
+
     def load_checkpoint(self, variant: str, seed: int) -> bytes | None:
-        key = self.key(variant, f"seed-{seed}", CHECKPOINT)
+        key = self._seed_key(variant, seed, CHECKPOINT)
         return self.out.get(key) if self.out.exists(key) else None
 
     def save_checkpoint(self, variant: str, seed: int, data: bytes) -> None:
         self.check_owner()
-        self._put(self.key(variant, f"seed-{seed}", CHECKPOINT), data)
+        self._put(self._seed_key(variant, seed, CHECKPOINT), data)
 
     def stage(self, variant: str, seed: int) -> Path:
         return self.staging / variant / f"seed-{seed}"
@@ -228,8 +248,8 @@ class JobFolder:
             return None
         self.check_owner()
         for name in (*SEED_FILES, METRICS):
-            self._put(self.key(variant, f"seed-{seed}", name), (stage / name).read_bytes())
-        self.out.delete(self.key(variant, f"seed-{seed}", CHECKPOINT))
+            self._put(self._seed_key(variant, seed, name), (stage / name).read_bytes())
+        self._ride_out_outage(lambda: self.out.delete(self._seed_key(variant, seed, CHECKPOINT)))
         metrics = json.loads((stage / METRICS).read_text())
         shutil.rmtree(stage, ignore_errors=True)
         return metrics
@@ -239,10 +259,14 @@ class JobFolder:
         self._put(self.key(*parts), data)
 
     def _put(self, key: str, data: bytes) -> None:
-        """Write, riding out a storage outage of about a minute before giving up."""
+        self._ride_out_outage(lambda: self.out.put(key, data))
+
+    def _ride_out_outage(self, write: Callable[[], None]) -> None:
+        """A write of what training produced, tried again while storage is unavailable for about a
+        minute (docs/reliability.md, "Retry policy"); any other failure is raised at once."""
         for wait in (*UPLOAD_RETRIES, None):
             try:
-                return self.out.put(key, data)
+                return write()
             except StorageUnavailable as e:
                 if wait is None:
                     raise

@@ -1,14 +1,17 @@
-"""Training: device and precision, normalisation on the device, one epoch of Adam steps."""
+"""Training: device and precision, a replicate's model and generators, normalisation on the device,
+one epoch of Adam steps."""
 import sys
 import threading
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from ratio_cnn.errors import RatioCnnError
-from ratio_cnn.strategies import TrainingPlan
+from ratio_cnn.model import attach_dropout_generator, build_model
+from ratio_cnn.strategies import TrainingPlan, make_plan
 
 # ImageNet statistics: the usual normalisation for RGB photographs, and what the study's
 # torchvision Normalize used.
@@ -44,6 +47,49 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """The study's Adam, fused: one kernel over all 33.5M weights (1.3x the training speed on a
     2-core CPU, where Adam was a quarter of each step; one launch on a GPU)."""
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """One seed's model, optimizer and training plan, and every random generator it draws from."""
+
+    model: nn.Module  # on the device; channels_last under bf16
+    optimizer: torch.optim.Optimizer
+    plan: TrainingPlan
+    order_generator: torch.Generator  # on the CPU: the batch order is the same on every device
+    device_generator: torch.Generator  # on the device: synthetic images, augmentation and dropout draws
+    precision: str
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        """By the names a checkpoint saves their states under."""
+        return {"order": self.order_generator, "device": self.device_generator}
+
+
+def build_replicate(
+    model_name: str,
+    strategy: str,
+    seed: int,
+    images: torch.Tensor,  # (N, 3, 128, 128) uint8 on the device: the training set
+    labels: torch.Tensor,  # (N,) float32 on the device
+    lr: float,
+    precision: str,
+    synthetic_malignant: int,  # images the "synthetic" strategy adds
+) -> Replicate:
+    """The replicate `seed` of (strategy, model) on the images' device, ready for its first epoch.
+
+    Every random draw of the seed comes from its own generators, never from the global RNG,
+    so seeds running side by side in one process cannot change each other's results; the
+    initial weights come from a CPU generator, the same on every device.
+    """
+    order_generator = torch.Generator().manual_seed(seed)
+    device_generator = torch.Generator(images.device).manual_seed(seed)
+    model = build_model(model_name, torch.Generator().manual_seed(seed)).to(images.device)
+    if precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)  # with bf16 autocast: the fast path on a GPU
+    attach_dropout_generator(model, device_generator)
+    plan = make_plan(strategy, images, labels, device_generator, synthetic_malignant)
+    return Replicate(model, make_optimizer(model, lr), plan, order_generator, device_generator, precision)
 
 
 def pick_eval_batch(size: int, device: torch.device) -> int:

@@ -9,7 +9,7 @@ from torch import nn
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.model import MODELS, SeededDropout, SimpleCNN, UpgradedCNN, attach_dropout_generator, build_model
 from ratio_cnn.strategies import make_plan
-from ratio_cnn.train import normalise, train_one_epoch
+from ratio_cnn.train import build_replicate, normalise, train_one_epoch
 
 
 def test_layers_and_shapes_are_the_studys():
@@ -156,6 +156,20 @@ def test_overfits_one_batch():
     assert steps[0]["loss"] > 0.5
     assert min(s["loss"] for s in steps[-10:]) < 0.01
     assert max(s["accuracy"] for s in steps[-10:]) == 1.0
+
+
+def test_a_replicate_draws_from_its_seeds_generators_alone():
+    images = torch.randint(0, 256, (8, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0.0, 1.0] * 4)
+    global_before = torch.get_rng_state()
+    a, b, c = (build_replicate("upgraded", "synthetic", seed, images, labels, 1e-4, "fp32", 2) for seed in (0, 0, 1))
+    assert torch.equal(torch.get_rng_state(), global_before)
+    assert same_weights(weights(a.model), weights(b.model)) and not same_weights(weights(a.model), weights(c.model))
+    assert torch.equal(a.plan.images, b.plan.images) and not torch.equal(a.plan.images, c.plan.images)
+    assert a.model.classifier[2].generator is a.device_generator  # dropout masks: the seed's too
+    assert set(a.generators) == {"order", "device"}  # the names checkpoints save their states under
+    bf16 = build_replicate("simple", "none", 0, images, labels, 1e-4, "bf16", 0)
+    assert bf16.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_normalise_maps_uint8_to_standardised_floats():

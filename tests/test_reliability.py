@@ -132,9 +132,10 @@ def test_a_killed_job_resumes_to_exactly_the_metrics_of_an_uninterrupted_one(sma
 STUDY = """
 import json, sys
 import flows.study as study
+from ratio_cnn.config import StudyConfig, StudyOptions
 args = json.loads(sys.argv[1])
-options = study.TrainingOptions(**args.pop("options"))
-state = study.ratio_study(options=options, return_state=True, **args)
+options = StudyOptions(**args.pop("options"))
+state = study.ratio_study(StudyConfig(options=options, **args), return_state=True)
 sys.exit(0 if state.is_completed() else 1)
 """
 
