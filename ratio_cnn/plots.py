@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display in containers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -117,6 +118,34 @@ def curve_bands(bands: dict[str, tuple], kind: str, path: Path, baseline: float 
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reliability_diagrams(panels: dict[str, dict[str, tuple]], title: str, path: Path) -> None:
+    """Reliability diagrams, one panel per key (e.g. as trained, corrected), one line per model.
+
+    panels: panel title -> label -> (predicted, observed, low, high), each (bins,) from
+    ratio_cnn.analysis, NaN in an empty bin: the observed malignant share against the mean
+    predicted probability, with a band from the lowest to the highest seed.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8), squeeze=False)
+    for ax, (panel, lines) in zip(axes.flat, panels.items()):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)  # perfectly calibrated
+        for label, curve in lines.items():
+            filled = ~np.isnan(curve[0])  # bins with images
+            predicted, observed, low, high = (np.asarray(c)[filled] for c in curve)
+            line = ax.plot(predicted, observed, marker="o", markersize=3, label=label)[0]
+            ax.fill_between(predicted, low, high, color=line.get_color(), alpha=0.18)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("mean predicted probability (bin)")
+        ax.set_ylabel("observed malignant share")
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title} (band: lowest to highest seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -6,12 +6,14 @@ beside them. `render` turns an analysis into that markdown: words and tables aro
 numbers it is given, no statistics and no I/O.
 """
 import json
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from ratio_cnn import history, plots
-from ratio_cnn.analysis import BASELINE, COMPARED, RESAMPLES, Analysis, Comparison, analyse
+from ratio_cnn.analysis import (BASELINE, COMPARED, MAX_VALUES, MIN_IMAGES, RESAMPLES, Analysis, Calibration,
+                                 ColumnCheck, Comparison, Estimate, Validity, analyse)
 from ratio_cnn.config import ratio_name
 from ratio_cnn.host import utc_now
 from ratio_cnn.results import RatioResult, collect
@@ -21,7 +23,9 @@ from ratio_cnn.storage import Storage, basename, open_storage, parent
 REPORT = "report.md"
 FIGURES = {"metrics": "metrics_by_ratio.png", "roc": "roc.png", "pr": "pr.png"}
 NAMES = {"loss": "loss", "accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "F1",
-         "roc_auc": "ROC-AUC", "average_precision": "AP"}
+         "roc_auc": "ROC-AUC", "average_precision": "AP", "specificity": "specificity", "brier": "Brier",
+         "ece": "ECE"}
+RULES = {"at_threshold": "at the threshold", "prior_shift": "prior-shift"}  # subgroup rates' operating points
 
 
 @dataclass
@@ -77,6 +81,20 @@ def draw_figures(run: Storage, analysis: Analysis) -> None:
         plots.curve_bands({c.label: c.pr for c in baseline}, "pr", paths["pr"], baseline=baseline[0].malignant_share)
         for key, path in paths.items():
             run.put(FIGURES[key], path.read_bytes())
+        for evaluated in [analysis] + analysis.extra_sets:
+            if evaluated.calibration:
+                path = Path(tmp) / reliability_figure(evaluated)
+                panels = {title: {c.label: astuple(c.reliability[key]) for c in evaluated.calibration.cells}
+                          for key, title in (("raw", "as trained"), ("corrected", "after the prior-shift correction"))}
+                plots.reliability_diagrams(panels, f"Reliability, {set_word(evaluated)} ({analysis.baseline})", path)
+                run.put(path.name, path.read_bytes())
+
+
+def reliability_figure(a: Analysis) -> str:
+    """reliability.png for test, reliability-<name>.png for an extra set (its name made safe for a file)."""
+    if a.evaluation_set is None:
+        return "reliability.png"
+    return "reliability-" + re.sub(r"[^A-Za-z0-9._-]", "_", a.evaluation_set.name) + ".png"
 
 
 def _mean_low_high(i: Interval | None) -> tuple:
@@ -115,6 +133,30 @@ def signed(i: Interval) -> str:
     return f"{i.mean:+.3f}" + ("" if i.low is None else f" [{i.low:+.3f}, {i.high:+.3f}]")
 
 
+def bracket(i: Interval | None) -> str:
+    """Just the interval, `[0.700, 0.740]`, beside a mean given once already."""
+    return "[n/a]" if i is None or i.low is None else f"[{i.low:.3f}, {i.high:.3f}]"
+
+
+def estimate(e: Estimate) -> str:
+    """`0.720 [0.700, 0.740] [0.690, 0.750]`: the mean over seeds, its interval over seeds, then over images."""
+    return f"{e.seeds.mean:.3f} {bracket(e.seeds)} {bracket(e.images)}"
+
+
+def too_few(*counts: int) -> str:
+    """Why a subgroup cell has no number: a class it needs is missing, or has too few images for an interval."""
+    return "one class only" if 0 in counts else "too few for an interval"
+
+
+def value_name(value: str) -> str:
+    return "(missing)" if value == "" else f"`{value}`"
+
+
+def set_word(a: Analysis) -> str:
+    """How the report names the evaluated set: test, or an extra set's name."""
+    return "test" if a.evaluation_set is None else f"`{a.evaluation_set.name}`"
+
+
 def split_line(name: str, m: dict) -> str:
     """The study's own line: `Val Loss: … | Acc: …% | Precision: … | Recall: … | F1: …`."""
     return (f"{name} Loss: {m['loss']:.4f} | Acc: {100 * m['accuracy']:.2f}% | Precision: {m['precision']:.4f} | "
@@ -146,6 +188,8 @@ def render(analysis: Analysis | None, run_id: str, results: list[RatioResult], p
             for c in regressions) + ". The drop's interval lies below zero (paired on test images and seeds).", ""]
     if analysis:
         lines += describe_run(done, analysis)
+        if analysis.validity:
+            lines += split_statement(analysis.validity)
     lines += [f"{len(done)} of {len(results)} ratios finished."
               + ("" if len(done) == len(results) else " Failed or unfinished: " + ", ".join(
                   f"1:{ratio_name(r.ratio)}" for r in results if not r.metrics) + " (reasons below)."), ""]
@@ -154,6 +198,12 @@ def render(analysis: Analysis | None, run_id: str, results: list[RatioResult], p
         lines += history_section(previous, changes)
         lines += baseline_section(analysis)
         lines += operating_points(analysis)
+        if analysis.validity:
+            lines += shortcut_section(analysis.validity) + subgroups_section(analysis, analysis.validity)
+        if analysis.calibration:
+            lines += ["## Calibration", ""] + calibration_section(analysis)
+        for extra in analysis.extra_sets:
+            lines += extra_set_section(extra, analysis.validity)
         if len(analysis.variant_names) > 1:
             lines += variants_section(analysis)
     for r in results:
@@ -187,7 +237,13 @@ def describe_run(done: list[RatioResult], analysis: Analysis) -> list[str]:
 
 
 def findings(a: Analysis) -> list[str]:
-    lines = ["## Findings", ""]
+    """Warnings first (shortcuts, leakage, overlapping extra sets), then the ratios compared, then validity."""
+    return ["## Findings", ""] + warnings(a) + comparisons_text(a) + validity_findings(a)
+
+
+def comparisons_text(a: Analysis) -> list[str]:
+    """The ratios against each other on one evaluated set, in plain words and as a table."""
+    lines = []
     if not a.ratio_comparisons:
         return lines + ["Fewer than two ratios finished: nothing to compare.", ""]
     extremes = a.ratio_comparisons[0]
@@ -210,8 +266,8 @@ def findings(a: Analysis) -> list[str]:
     ends = [a.cells[(r, a.baseline)] for r in (max(a.ratios), min(a.ratios))]
     for effect in a.correction_effects:
         metric, before, after, removed = effect.metric, effect.at_threshold, effect.corrected, effect.removed
-        values = ", ".join(f"{c.label} {c.operating_points['at_threshold'].test[metric].mean:.3f} → "
-                           f"{c.operating_points['prior_shift'].test[metric].mean:.3f}" for c in ends)
+        values = ", ".join(f"{c.label} {c.operating_points['at_threshold'].evaluated[metric].mean:.3f} → "
+                           f"{c.operating_points['prior_shift'].evaluated[metric].mean:.3f}" for c in ends)
         lines.append(
             f"- **Operating point** ({NAMES[metric]}, {extremes.a} vs {extremes.b}): {signed(before)} at the "
             f"threshold ({verdict(before)}), {signed(after)} after the prior-shift correction ({verdict(after)})"
@@ -220,7 +276,7 @@ def findings(a: Analysis) -> list[str]:
             + f" ({NAMES[metric]} at the threshold → corrected: {values}).")
     spread = a.widest_recall
     lines += [
-        f"- **Noise**: with {spread.n} seeds the widest test-recall interval over seeds is {fmt(spread)}. "
+        f"- **Noise**: with {spread.n} seeds the widest {set_word(a)}-recall interval over seeds is {fmt(spread)}. "
         f"These are {a.tests} intervals at 95%: about {a.chance_exclusions:.1f} could exclude 0 by chance alone, "
         "so a lone borderline 'real' is weak evidence.",
         "",
@@ -255,39 +311,47 @@ def _mark(c: Comparison, metric: str) -> str:
 
 def baseline_section(a: Analysis) -> list[str]:
     """The baseline variant at every ratio: intervals over seeds, then over test images, and the figures."""
-    cells = a.baseline_cells
-    lines = [f"## Summary ({a.baseline})", "", "Mean over seeds [95% t interval over seeds], test set:", "",
-             "| ratio | train (malignant + benign) | val loss | val F1 | test loss | test acc | test precision | "
-             "test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in cells:
-        v, t = c.seed_intervals["val"], c.seed_intervals["test"]
-        train = next(iter(c.variant.seeds.values()))["train"]
-        lines.append(f"| {c.label} | {train['malignant']} + {train['benign']} | {fmt(v['loss'])} | {fmt(v['f1'])} | "
-                     f"{fmt(t['loss'])} | {fmt(t['accuracy'], 2, True)} | {fmt(t['precision'])} | {fmt(t['recall'])} | "
-                     f"{fmt(t['f1'])} | {fmt(t['roc_auc'])} | {fmt(t['average_precision'])} |")
-    lines += ["", "The test set's own noise: mean over seeds [95% bootstrap interval over test images]:", "",
-              "| ratio | test precision | test recall | test F1 | test ROC-AUC | test AP |", "|---|---|---|---|---|---|"]
-    for c in cells:
-        lines.append(f"| {c.label} | " + " | ".join(fmt(c.bootstrap[m]) for m in ("precision", "recall", "f1", "roc_auc",
-                                                                                   "average_precision")) + " |")
+    lines = [f"## Summary ({a.baseline})", ""] + summary_tables(a)
     lines += ["", f"![Metrics by ratio]({FIGURES['metrics']})", "", "## Threshold-free view", "",
               f"![ROC curves]({FIGURES['roc']}) ![Precision-recall curves]({FIGURES['pr']})", ""]
     return lines
 
 
-def operating_points(a: Analysis) -> list[str]:
-    lines = ["## Operating points", "",
-             "Thresholds chosen on val for each seed, applied to test; mean over seeds [95% t interval]. The "
+def summary_tables(a: Analysis) -> list[str]:
+    """Intervals over seeds, then over the evaluated set's images, for the baseline at every ratio."""
+    cells, word = a.baseline_cells, set_word(a)
+    lines = [f"Mean over seeds [95% t interval over seeds], {word} set:", "",
+             f"| ratio | train (malignant + benign) | val loss | val F1 | {word} loss | {word} acc | {word} precision | "
+             f"{word} recall | {word} F1 | {word} ROC-AUC | {word} AP |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        v, t = c.seed_intervals["val"], c.seed_intervals[c.split]
+        train = next(iter(c.variant.seeds.values()))["train"]
+        lines.append(f"| {c.label} | {train['malignant']} + {train['benign']} | {fmt(v['loss'])} | {fmt(v['f1'])} | "
+                     f"{fmt(t['loss'])} | {fmt(t['accuracy'], 2, True)} | {fmt(t['precision'])} | {fmt(t['recall'])} | "
+                     f"{fmt(t['f1'])} | {fmt(t['roc_auc'])} | {fmt(t['average_precision'])} |")
+    lines += ["", f"The {word} set's own noise: mean over seeds [95% bootstrap interval over {word} images]:", "",
+              f"| ratio | {word} precision | {word} recall | {word} F1 | {word} ROC-AUC | {word} AP |",
+              "|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(f"| {c.label} | " + " | ".join(fmt(c.bootstrap[m]) for m in ("precision", "recall", "f1", "roc_auc",
+                                                                                   "average_precision")) + " |")
+    return lines
+
+
+def operating_points(a: Analysis, heading: str = "## Operating points") -> list[str]:
+    word = set_word(a)
+    lines = [heading, "",
+             f"Thresholds chosen on val for each seed, applied to {word}; mean over seeds [95% t interval]. The "
              "prior-shift correction moves each logit by log(evaluation odds) − log(training odds) before 0.5, so a "
              "model trained at 1:1 is not judged at a threshold meant for 1:1 data.", "",
-             "| ratio | rule | threshold | test precision | test recall | test F1 |", "|---|---|---|---|---|---|"]
+             f"| ratio | rule | threshold | {word} precision | {word} recall | {word} F1 |", "|---|---|---|---|---|---|"]
     for r in a.ratios:
         cell = a.cells.get((r, a.baseline))
         if not cell:
             continue
         for point in cell.operating_points.values():
-            lines.append(f"| {cell.label} | {point.rule} | {fmt(point.threshold)} | {fmt(point.test['precision'])} | "
-                         f"{fmt(point.test['recall'])} | {fmt(point.test['f1'])} |")
+            lines.append(f"| {cell.label} | {point.rule} | {fmt(point.threshold)} | {fmt(point.evaluated['precision'])} | "
+                         f"{fmt(point.evaluated['recall'])} | {fmt(point.evaluated['f1'])} |")
     return lines + [""]
 
 
@@ -329,7 +393,7 @@ def ratio_section(r: RatioResult, a: Analysis | None) -> list[str]:
         lines += [f"{len(skipped)} undecodable images skipped: {', '.join(skipped[:5])}", ""]
     for variant in r.variants:
         cell = a.cells[(r.ratio, variant.name)]
-        seeds = cell.test.seeds
+        seeds = cell.evaluated.seeds
         if len(r.variants) > 1 or variant.name != BASELINE:
             lines += [f"### {variant.strategy}, {variant.model}", ""]
         for split, name in (("val", "Val"), ("test", "Test")):
@@ -339,4 +403,242 @@ def ratio_section(r: RatioResult, a: Analysis | None) -> list[str]:
         lines += [f"![{label} confusion matrices, seed {seeds[0]}]({folder}/confusion_matrix.png)", "",
                   f"![{label} training curves, seed {seeds[0]}]({folder}/curves.png)", "",
                   f"![{label} training curves, every seed]({folder}/curves_by_seed.png)", ""]
+    return lines
+
+
+# -----------------------------------------------------------------------------
+# validity: whether the answer is real (jobs written since the validity checks)
+
+
+def warnings(a: Analysis) -> list[str]:
+    """What opens the Findings: shortcuts, test images seen in training, extra sets that overlap training."""
+    lines = []
+    v = a.validity
+    if v:
+        for column in dict.fromkeys(k.column for k in v.shortcuts):
+            lines += [shortcut_warning(column, [k for k in v.shortcuts if k.column == column]), ""]
+        split = v.split
+        if split and split.twins_column and not split.grouped and any(split.test_twins.values()):
+            lines += [f"> **⚠ Near-duplicates in training**: some test images show a lesion the model was trained on "
+                      f"(`{split.twins_column}`; test images with a near-duplicate in the training sample: "
+                      + ", ".join(f"{label} {n}" for label, n in split.test_twins.items())
+                      + f"). The split was not grouped by `{split.twins_column}`, so these test images are partly "
+                      f"remembered, not recognised; rerun with `--group-by {split.twins_column}`.", ""]
+    for extra in a.extra_sets:
+        described = extra.evaluation_set
+        if any(described.overlap.values()):
+            lines += [f"> **⚠ Evaluation set `{described.name}` overlaps training**: images also in the training data: "
+                      + ", ".join(f"{label} {n}" for label, n in described.overlap.items())
+                      + ". Its numbers are inflated by them." + "".join(f" {note}" for note in described.notes), ""]
+    return lines
+
+
+def shortcut_warning(column: str, flagged: list[ColumnCheck]) -> str:
+    worse = [k for k in flagged if k.ranks_worse_within]
+    alone = [k for k in flagged if k.column_ranks_as_well]
+    said = []
+    if worse:
+        said.append(f"within each value of `{column}` the models rank clearly worse than over all test images ("
+                    + "; ".join(f"{k.label}: ROC-AUC {k.within.mean:.3f} within against {k.overall.mean:.3f} overall, "
+                                f"within − overall {signed(k.within_minus_overall)}" for k in worse) + ")")
+    if alone:
+        said.append(f"`{column}` alone, without looking at an image, ranks test images as well as the model ("
+                    + "; ".join(f"{k.label}: column alone ROC-AUC {fmt(k.column_alone['roc_auc'])}, model − column "
+                                f"{signed(k.model_minus_column['roc_auc'])}" for k in alone) + ")")
+    return (f"> **⚠ Shortcut (`{column}`)**: " + "; and ".join(said) + f". Part of what the model ranks by may be which "
+            f"`{column}` an image has, not its lesion: read the ratios' comparisons below with that in mind "
+            "(Shortcut check, Subgroups).")
+
+
+def validity_findings(a: Analysis) -> list[str]:
+    """Per ratio: better than chance, better than the best column alone; each extra set; calibration."""
+    lines = []
+    if a.validity:
+        for v in a.validity.verdicts:
+            chance = (f"ranks test images better than chance (ROC-AUC {fmt(v.roc_auc)})" if v.above_chance else
+                      f"does not rank test images better than chance beyond the noise (ROC-AUC {fmt(v.roc_auc)})")
+            if v.best_column is None:
+                column = ("no column alone to compare it with (the jobs wrote no training counts for "
+                          + ", ".join(f"`{c}`" for c in a.validity.columns) + ")" if a.validity.columns
+                          else "no metadata column to compare it with")
+            else:
+                column = (f"{'better' if v.beats_best_column else 'not better'} than the best column alone, "
+                          f"`{v.best_column}` (ROC-AUC {fmt(v.column_alone)}; model − column "
+                          f"{signed(v.model_minus_column)})")
+            lines.append(f"- **{v.label}** {chance}; {column}.")
+    for extra in a.extra_sets:
+        cells = extra.baseline_cells
+        above = [c.label for c in cells if c.ranks_above_chance]
+        lines.append(f"- **On `{extra.evaluation_set.name}`** (ROC-AUC over its images): "
+                     + ", ".join(f"{c.label} {fmt(c.bootstrap['roc_auc'])}" for c in cells) + "; "
+                     + ("above chance at " + ", ".join(above) if above else "none above chance beyond the noise")
+                     + ".")
+    if a.calibration:
+        lines.append(calibration_finding(a.calibration))
+    return lines + ([""] if lines else [])
+
+
+def calibration_finding(c: Calibration) -> str:
+    """How the ratio moves ECE on test, before and after the prior-shift correction, and where the correction helps."""
+    ends = [c.cells[-1], c.cells[0]]
+    line = "- **Calibration** (test, ECE, lower is better): "
+    if c.raw_difference:
+        high, low = ends
+        line += (f"{low.label} {low.raw['ece'].seeds.mean:.3f} → {high.label} {high.raw['ece'].seeds.mean:.3f} as "
+                 f"trained ({high.label} − {low.label} {signed(c.raw_difference['ece'])}, "
+                 f"{verdict(c.raw_difference['ece'])}); after the prior-shift correction "
+                 f"{low.corrected['ece'].seeds.mean:.3f} → {high.corrected['ece'].seeds.mean:.3f} "
+                 f"({signed(c.corrected_difference['ece'])}, {verdict(c.corrected_difference['ece'])}). ")
+    else:
+        line += f"{ends[0].label} {ends[0].raw['ece'].seeds.mean:.3f} as trained. "
+    line += ("The correction lowers ECE beyond the noise at " + ", ".join(c.improved) if c.improved else
+             "The correction lowers ECE beyond the noise at no ratio")
+    return line + (f", and raises it at {', '.join(c.worsened)}." if c.worsened else ".")
+
+
+def split_statement(v: Validity) -> list[str]:
+    s = v.split
+    if s is None:
+        return []
+    how = ("a stable hash of each image's identity (not the manifest's row order, so a growing dataset keeps its "
+           "test set)" if s.rule == "stable-hash" else f"the rule `{s.rule}`")
+    grouped = (f"grouped by `{s.group_by}`: no value of it straddles train, val and test" if s.group_by else
+               "not grouped: images of one lesion or patient can fall on both sides")
+    lines = [f"Split: val, test and train by {how}; {grouped}."
+             + (f" Held out: every image with `{s.holdout}`, never trained on nor used for val or test, evaluated as "
+                "a set of its own below." if s.holdout else "")]
+    if s.twins_column:
+        counts = ("test " + ", ".join(f"{label} {n}" for label, n in s.test_twins.items()) + "; val "
+                  + ", ".join(f"{label} {n}" for label, n in s.val_twins.items()))
+        lines.append(f"Near-duplicates (`{s.twins_column}`), images with a near-duplicate in the training sample: "
+                     f"{counts}." + (f" The split kept each `{s.twins_column}` group on one side, which removed them."
+                                     if s.grouped else ""))
+    else:
+        lines.append("Near-duplicates: the data had no near-duplicate groups (`ratio-cnn data dedupe` finds them), so "
+                     "whether test images show lesions seen in training was not checked.")
+    return [" ".join(lines), ""]
+
+
+def shortcut_section(v: Validity) -> list[str]:
+    lines = ["## Shortcut check", ""]
+    if not v.columns:
+        return lines + no_columns(v)
+    lines += ["Could a column that needs no image (where an image came from, its diagnosis) explain the ranking? "
+              "Baseline, test. *Column alone*: each test image scored by its value's malignant share in that ratio's "
+              "training sample. *Within*: the model's ROC-AUC over the malignant–benign pairs that share a value, "
+              "against *overall*, over all pairs. Mean [95% interval over test images]; differences are paired on "
+              "images and seeds. ⚠ marks a shortcut: within − overall below 0, or the model not beyond the column.", "",
+              "| column | ratio | column alone ROC-AUC | column alone AP | model − column (ROC-AUC) | model overall | "
+              "model within | within − overall | |", "|---|---|---|---|---|---|---|---|---|"]
+    for k in v.checks:
+        alone = ([fmt(k.column_alone[m]) for m in ("roc_auc", "average_precision")]
+                 + [signed(k.model_minus_column["roc_auc"])] if k.column_alone else ["no training counts"] * 3)
+        within = ([fmt(k.within), signed(k.within_minus_overall)] if k.within else ["no value holds both classes"] * 2)
+        lines.append(f"| `{k.column}` | {k.label} | " + " | ".join(alone + [fmt(k.overall)] + within)
+                     + f" | {'⚠' if k.shortcut else ''} |")
+    return lines + [""]
+
+
+def no_columns(v: Validity) -> list[str]:
+    if v.missing:
+        return [f"The configuration's subgroups {', '.join(f'`{c}`' for c in v.missing)} are not columns of "
+                f"predictions.csv (it has: {', '.join(v.metadata) or 'none'}): not grouped by.", ""]
+    if not v.metadata:
+        return ["The data had no metadata columns (such as `source` or `diagnosis`): no subgroups and no shortcut "
+                "check. `ratio-cnn data ingest` keeps them from a manifest that has them.", ""]
+    return [f"No metadata column has 2–{MAX_VALUES} values in the test split ({', '.join(v.metadata)}): name the "
+            "columns to group by with `--subgroups`.", ""]
+
+
+def subgroups_section(a: Analysis, v: Validity) -> list[str]:
+    if not v.columns:
+        return []
+    how = ("the configuration's subgroups" if v.asked else
+           f"every metadata column with 2–{MAX_VALUES} values in the test split")
+    lines = ["## Subgroups", "",
+             f"Test images by {', '.join(f'`{c}`' for c in v.columns)} ({how}); baseline "
+             f"{a.baseline}. Each cell: mean over seeds [95% t interval over seeds] [95% bootstrap interval over the "
+             f"value's images]. ROC-AUC and AP need {MIN_IMAGES} malignant and {MIN_IMAGES} benign images of the value, "
+             f"recall {MIN_IMAGES} malignant, specificity {MIN_IMAGES} benign; smaller values show their counts only.",
+             ""]
+    if v.missing:
+        lines += no_columns(v)
+    for column in v.columns:
+        lines += [f"### `{column}`", "",
+                  "| ratio | value | malignant + benign | ROC-AUC | AP | " + " | ".join(
+                      f"{kind} ({RULES[rule]})" for kind in ("recall", "specificity") for rule in RULES) + " |",
+                  "|---|---|---|---|---|" + "---|" * 2 * len(RULES)]
+        for k in v.checks:
+            if k.column != column:
+                continue
+            for value in k.values:
+                cells = [estimate(value.ranking[m]) if value.ranking else too_few(value.malignant, value.benign)
+                         for m in ("roc_auc", "average_precision")]
+                for rates, n in ((value.recall, value.malignant), (value.specificity, value.benign)):
+                    cells += [estimate(rates[rule]) if rates else "no images" if n == 0 else too_few(n)
+                              for rule in RULES]
+                lines.append(f"| {k.label} | {value_name(value.value)} | {value.malignant} + {value.benign} | "
+                             + " | ".join(cells) + " |")
+        compared = [c for c in v.comparisons if c.column == column]
+        if compared:
+            metrics = ("roc_auc", "average_precision", "recall", "specificity")
+            lines += ["", f"Ratios within each value of `{column}` (A − B, paired on the value's images and the seeds; "
+                      "recall and specificity at the threshold). ✔ real, · within noise:", "",
+                      "| comparison | value | " + " | ".join(NAMES[m] for m in metrics) + " |",
+                      "|---|---|" + "---|" * len(metrics)]
+            for c in compared:
+                needs = {"roc_auc": (c.malignant, c.benign), "average_precision": (c.malignant, c.benign),
+                         "recall": (c.malignant,), "specificity": (c.benign,)}
+                lines.append(f"| {c.a} − {c.b} | {value_name(c.value)} | " + " | ".join(
+                    f"{signed(c.differences[m])} {'✔' if c.real(m) else '·'}" if m in c.differences
+                    else too_few(*needs[m]) for m in metrics) + " |")
+        lines.append("")
+    return lines
+
+
+def calibration_section(a: Analysis) -> list[str]:
+    """Brier score and ECE of the baseline on one evaluated set, as trained and corrected, and the figure."""
+    c, word = a.calibration, set_word(a)
+    lines = [f"How far the predicted probabilities are from the observed malignant shares ({a.baseline}, {word}): "
+             "Brier score and expected calibration error (ECE, 10 equal-width probability bins), lower is better; "
+             f"mean over seeds [95% t interval over seeds] [95% bootstrap interval over {word} images]. *Corrected*: "
+             "each seed's logits moved by log(evaluation odds) − log(its training odds), as the prior-shift operating "
+             "point does.", "",
+             "| ratio | probabilities | Brier | ECE | corrected − as trained: Brier | ECE |", "|---|---|---|---|---|---|"]
+    for cell in c.cells:
+        change = [f"{signed(cell.correction[m])} {'✔' if verdict(cell.correction[m]) == 'real' else '·'}"
+                  for m in ("brier", "ece")]
+        lines.append(f"| {cell.label} | as trained | {estimate(cell.raw['brier'])} | {estimate(cell.raw['ece'])} | "
+                     f"{change[0]} | {change[1]} |")
+        lines.append(f"| {cell.label} | corrected | {estimate(cell.corrected['brier'])} | "
+                     f"{estimate(cell.corrected['ece'])} | | |")
+    if c.raw_difference:
+        high, low = c.cells[-1].label, c.cells[0].label
+        lines += ["", f"{high} − {low}, paired on {word} images and seeds: as trained Brier "
+                  f"{signed(c.raw_difference['brier'])}, ECE {signed(c.raw_difference['ece'])}; corrected Brier "
+                  f"{signed(c.corrected_difference['brier'])}, ECE {signed(c.corrected_difference['ece'])}."]
+    return lines + ["", f"![Reliability diagrams, {word}]({reliability_figure(a)})", ""]
+
+
+def extra_set_section(a: Analysis, v: Validity | None) -> list[str]:
+    """An extra evaluation set: the same tables as test, by the same code."""
+    described, word = a.evaluation_set, set_word(a)
+    lines = [f"## Evaluation set {word}", "",
+             f"`{described.uri}`: {described.counts['malignant']} malignant + {described.counts['benign']} benign "
+             f"images, on which every seed of the baseline ({a.baseline}) at every ratio was evaluated. Thresholds are "
+             "those chosen on the job's own val set, never on this set; the prior-shift correction aims at this set's "
+             "own malignant:benign counts (a known prior, not its predictions)."]
+    if v and v.split and v.split.holdout and described.name.startswith("holdout-"):
+        lines[-1] += (f" Held out of the training data: every image with `{v.split.holdout}`, never trained on nor "
+                      "used for val or test.")
+    lines.append("")
+    if any(described.overlap.values()):
+        lines += [f"> ⚠ Images also in the training data: " + ", ".join(
+            f"{label} {n}" for label, n in described.overlap.items()) + ". Its numbers are inflated by them."
+            + "".join(f" {note}" for note in described.notes), ""]
+    lines += [f"### Ratios compared on {word}", ""] + comparisons_text(a)
+    lines += [f"### Summary on {word}", ""] + summary_tables(a) + [""]
+    lines += operating_points(a, f"### Operating points on {word}")
+    if a.calibration:
+        lines += [f"### Calibration on {word}", ""] + calibration_section(a)
     return lines

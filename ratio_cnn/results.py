@@ -22,6 +22,8 @@ from ratio_cnn.storage import Storage
 
 RUN_FILE = "run.json"
 RATIO_FOLDER = re.compile(r"ratio-([0-9]+(?:\.[0-9]+)?)/")
+PREDICTION_COLUMNS = ("split", "image", "label", "logit", "probability")  # every column after these is metadata
+EVAL_PREFIX = "eval:"  # predictions.csv's split of an extra evaluation set: `eval:<NAME>`
 
 
 @dataclass
@@ -113,6 +115,7 @@ def check_job_metrics(m: dict, where: str) -> dict:
                 raise bad(f"has non-integer counts for {split}")
         if not isinstance(m["config"], dict) or not isinstance(m["variants"], list) or not m["variants"]:
             raise bad("lacks its configuration or variants")
+        check_validity_keys(m, bad)
         for v in m["variants"]:
             if not all(isinstance(v[k], str) and NAME.fullmatch(v[k]) for k in ("strategy", "model")):
                 raise bad(f"names a variant {v['strategy']!r}/{v['model']!r} that is no folder name")
@@ -128,11 +131,46 @@ def check_job_metrics(m: dict, where: str) -> dict:
                             raise bad(f"has {split} {name} {value!r} for seed {seed}")
                 if not (_finite(sm["train"]["odds"]) and sm["train"]["odds"] > 0):
                     raise bad(f"has training odds {sm['train']['odds']!r} for seed {seed}")
+                for name in m["data"].get("eval_sets", {}):
+                    for metric in stats.METRICS:
+                        value = sm["eval"][name][metric]
+                        if not (value is None and metric in ("roc_auc", "average_precision")) and not _finite(value):
+                            raise bad(f"has {name} {metric} {value!r} for seed {seed}")
     except RatioCnnError:
         raise
     except (KeyError, TypeError, AttributeError) as e:
         raise bad(f"lacks {e}") from None
     return m
+
+
+def check_validity_keys(m: dict, bad) -> None:
+    """The keys jobs write since the validity checks, of the right kind; older jobs lack them all."""
+    data = m["data"]
+    for where, names in (("config.subgroups", m["config"].get("subgroups", [])),
+                         ("data.columns", data.get("columns", []))):
+        if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+            raise bad(f"has {where} {names!r}: expected a list of column names")
+    for column, values in data.get("train_values", {}).items():
+        if not all(_count(c["malignant"]) and _count(c["benign"]) for c in values.values()):
+            raise bad(f"has training counts for {column!r} that are not whole numbers")
+    split = data.get("split")
+    if split is not None:
+        if not isinstance(split["rule"], str) or not all(split.get(k) is None or isinstance(split[k], str)
+                                                         for k in ("group_by", "holdout")):
+            raise bad(f"has data.split {split!r}: expected a rule, and group_by and holdout as names or null")
+        twins = split.get("near_duplicates")
+        if twins is not None and not (isinstance(twins["column"], str) and isinstance(twins["grouped"], bool) and
+                                      _count(twins["test_with_twin_in_train"]) and _count(twins["val_with_twin_in_train"])):
+            raise bad(f"has data.split.near_duplicates {twins!r}: expected a column, two counts and grouped")
+    for name, described in data.get("eval_sets", {}).items():
+        if not (isinstance(described["uri"], str) and _count(described["overlap_with_train"])
+                and all(_count(described["counts"][c]) and described["counts"][c] > 0 for c in ("malignant", "benign"))
+                and (described.get("overlap_note") is None or isinstance(described["overlap_note"], str))):
+            raise bad(f"describes the evaluation set {name!r} without a uri, both classes' counts or its overlap")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _finite(value) -> bool:
@@ -146,24 +184,36 @@ class Predictions:
     labels: np.ndarray  # (n,) 0/1
     logits: np.ndarray  # (S, n)
     seeds: list[int]
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)  # column -> (n,) strings, "" where missing
 
     def subset(self, seeds: list[int], images: list[str]) -> "Predictions":
         rows = [self.seeds.index(s) for s in seeds]
         position = {name: i for i, name in enumerate(self.images)}
         columns = [position[name] for name in images]
-        return Predictions(images, self.labels[columns], self.logits[np.ix_(rows, columns)], seeds)
+        return Predictions(images, self.labels[columns], self.logits[np.ix_(rows, columns)], seeds,
+                           {c: values[columns] for c, values in self.metadata.items()})
+
+    def where(self, mask: np.ndarray) -> "Predictions":
+        """The images where mask (n,) is true, every seed."""
+        return Predictions([n for n, kept in zip(self.images, mask) if kept], self.labels[mask],
+                           self.logits[:, mask], self.seeds, {c: v[mask] for c, v in self.metadata.items()})
 
 
 def load_predictions(run: Storage, result: RatioResult, variant: Variant, split: str) -> Predictions:
-    images = labels = None
+    """`split` is val, test or `eval:<NAME>`; the metadata columns are the first seed's."""
+    images = labels = metadata = None
     rows = []
     for seed in sorted(variant.seeds):
         key = f"{result.folder}/{variant.name}/seed-{seed}/predictions.csv"
         try:
-            df = pd.read_csv(io.BytesIO(run.get(key)), dtype={"split": str, "image": str, "label": str})
-            df = df[df["split"] == split]
+            raw = run.get(key)
+            df = pd.read_csv(io.BytesIO(raw), dtype={"split": str, "image": str, "label": str})
+            in_split = (df["split"] == split).to_numpy()
+            df = df[in_split]
             logits = df["logit"].to_numpy(dtype=np.float64)
             seed_labels = df["label"].map({"malignant": 1, "benign": 0}).to_numpy()
+            if metadata is None:
+                metadata = read_metadata(raw, in_split, [c for c in df.columns if c not in PREDICTION_COLUMNS])
         except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise RatioCnnError(f"{run.describe(key)} is not a predictions.csv ratio-cnn wrote ({e}): "
                                 "rerun that job") from None
@@ -177,4 +227,12 @@ def load_predictions(run: Storage, result: RatioResult, variant: Variant, split:
             raise RatioCnnError(f"{run.describe(key)} lists other {split} images than seed {min(variant.seeds)}: "
                                 "the seeds of one job share val and test; rerun that job")
         rows.append(logits)
-    return Predictions(images, labels, np.stack(rows), sorted(variant.seeds))
+    return Predictions(images, labels, np.stack(rows), sorted(variant.seeds), metadata)
+
+
+def read_metadata(raw: bytes, rows: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
+    """predictions.csv's metadata columns at `rows` (a mask), as the strings the job wrote: "" stays ""."""
+    if not columns:
+        return {}
+    df = pd.read_csv(io.BytesIO(raw), usecols=columns, dtype=str, keep_default_na=False)
+    return {c: df[c].to_numpy(dtype=str)[rows] for c in columns}
