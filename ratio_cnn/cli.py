@@ -1,6 +1,7 @@
-"""`ratio-cnn train|data synth|data ingest|report`: user errors become one line and exit 2."""
+"""`ratio-cnn train|data synth|data ingest|data dedupe|report`: user errors become one line and exit 2."""
 import argparse
 import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -8,6 +9,7 @@ from typing import Literal, get_args, get_origin
 
 from ratio_cnn.config import StudyConfig, StudyOptions, TrainConfig, TrainingOptions, field_default, job_fields
 from ratio_cnn.errors import RatioCnnError, Terminated
+from ratio_cnn.storage import check_apart
 
 log = logging.getLogger("ratio_cnn")
 # The flags of `python -m flows.study` beside every training option (its `options`).
@@ -119,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of undecodable images skipped before the import fails, as a job's "
                              f"(default: {TrainingOptions.max_skipped})")
 
+    dedupe = data.add_parser("dedupe", help="find near-duplicate images; write near_duplicates.csv, which jobs "
+                             "read as the manifest column near_dup_group (docs/near-duplicates.md)")
+    dedupe.add_argument("uri", help="the dataset (folder, file://… or s3://…) holding manifest.csv")
+    dedupe.add_argument("--out", help="where to write the sidecar files (default: the dataset itself; a job reads "
+                        "them only from there)")
+
     report = commands.add_parser("report", help="write report.md for a run from what its jobs wrote")
     report.add_argument("--run", required=True, help="the run folder: <out>/<run-id>")
     return parser
@@ -141,7 +149,14 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "data" and args.data_command == "ingest":
         from ratio_cnn.ingest import ingest
 
+        check_apart(args.src, args.out, "SRC", "--out")  # inputs are read-only (docs/reliability.md)
+        if args.csv:
+            check_apart(args.csv, args.out, "--csv", "--out")
         ingest(args.src, args.out, csv=args.csv, max_skipped=args.max_skipped)
+    elif args.command == "data" and args.data_command == "dedupe":
+        from ratio_cnn.dedupe import dedupe_dataset
+
+        print(json.dumps(dedupe_dataset(args.uri, args.out), indent=2))
     elif args.command == "report":
         from ratio_cnn.report import write_report
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, get_args, get_origin
 
 from ratio_cnn.errors import RatioCnnError
+from ratio_cnn.storage import check_apart
 
 # Names that become folders and object keys: no separators, no `.`/`..`, not too long for a file system.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -82,7 +83,8 @@ def parse_ratios(value) -> list[float]:
 
 # The options that hold lists, and how a comma string (a flag, `--set`) becomes one: the one place
 # where a comma list is parsed.
-LIST_OPTIONS = {"seeds": parse_seeds, "strategies": parse_names, "models": parse_names, "ratios": parse_ratios}
+LIST_OPTIONS = {"seeds": parse_seeds, "strategies": parse_names, "models": parse_names, "ratios": parse_ratios,
+                "subgroups": parse_names, "eval_data": parse_names}
 
 
 def default_cache() -> str:
@@ -154,6 +156,16 @@ class TrainingOptions:
     test_malignant: int = _opt(50, "malignant images in test (when the manifest has no split column)")
     test_benign: int = _opt(1000, "benign images in test (when the manifest has no split column)")
     split_seed: int = _opt(0, "seed of the val/test split and of which images are sampled; fixed across ratios")
+    # Validity (issue 14): whether the ranking is of lesions or of what the data's other columns give away.
+    group_by: str = _opt("", "a manifest column (near_dup_group, lesion_id, patient_id) whose every value stays "
+                         "on one side of train/val/test", shown="none: each image is its own group")
+    holdout: str = _opt("", "COL=VALUE: images with that value never train or validate; they are evaluated as a "
+                        "set of their own (leave one source out)", shown="none", metavar="COL=VALUE")
+    subgroups: list[str] = _opt([], "manifest columns whose values the report breaks the test results down by, a "
+                                "comma list", shown="every column with 2-20 values in the test split", metavar="LIST")
+    eval_data: list[str] = _opt([], "extra evaluation datasets, NAME=URI, a comma list: every model is also "
+                                "evaluated on each, at thresholds chosen on its own val", shown="none",
+                                flag="--eval-data", metavar="NAME=URI,…")
     # Data health.
     max_skipped: float = _opt(0.01, "share of undecodable images tolerated (skipped and counted) before the job fails")
     workers: int = _opt(16, "concurrent downloads")
@@ -186,6 +198,16 @@ class TrainingOptions:
             raise RatioCnnError(f"threshold must lie between 0 and 1, got {self.threshold}")
         if not 0 <= self.max_skipped < 1:
             raise RatioCnnError(f"max_skipped is a share between 0 and 1, got {self.max_skipped}")
+        if self.holdout and ("=" not in self.holdout or not all(self.holdout.split("=", 1))):
+            raise RatioCnnError(f"holdout {self.holdout!r}: give COL=VALUE, such as source=isic9class_amit")
+        for item in self.eval_data:
+            name, _, uri = item.partition("=")
+            check_name("eval-data name", name)
+            if not uri:
+                raise RatioCnnError(f"eval-data {item!r}: give NAME=URI, such as external=s3://bucket/isic2020")
+        names = [item.partition("=")[0] for item in self.eval_data]
+        if len(set(names)) < len(names):
+            raise RatioCnnError(f"eval-data names {', '.join(names)}: each extra set needs its own name")
 
 
 @dataclass
@@ -217,6 +239,10 @@ class TrainConfig(TrainingOptions):
                 raise RatioCnnError(f"{name} {','.join(chosen) or '(none)'}: choose one or more of "
                                     f"{', '.join(allowed)}, each once")
         self.run_id = new_run_id() if self.run_id is None else check_name("run id", self.run_id)
+        # Inputs are read-only: no job writes into a dataset it reads (docs/reliability.md).
+        check_apart(self.data, self.out, "--data", "--out")
+        for item in self.eval_data:
+            check_apart(item.partition("=")[2], self.out, "--eval-data", "--out")
 
     @property
     def train_benign(self) -> int:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from ratio_cnn.cache import OK, DecodedImages, ObjectCache
+from ratio_cnn.cache import DecodedImages, ObjectCache, content_hash
 from ratio_cnn.config import TrainConfig, ratio_name
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.model import IMAGE_SIZE
@@ -102,43 +102,125 @@ def digest(raw: bytes) -> str:
 # splits and the per-ratio training sample
 
 
-def _shuffled(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    return df.iloc[rng.permutation(len(df))]
+def identity_order(keys, *salt) -> np.ndarray:
+    """(n,) uint64 keys to sort by: a hash of each identity and the salt, never its row in the manifest.
+
+    Adding an image to a dataset inserts it somewhere in this order and moves nothing else, so a
+    nightly dataset that grows keeps its val and test images (issue 14: splits by identity).
+    """
+    tail = "\0".join(map(str, salt))
+    return np.array([int.from_bytes(hashlib.blake2b(f"{key}\0{tail}".encode(), digest_size=8).digest(), "big")
+                     for key in keys], dtype=np.uint64)
+
+
+def _identity_positions(df: pd.DataFrame, keys: pd.Series, *salt) -> np.ndarray:
+    """Row positions ordered by the hash of their identity (`keys`), then by image name."""
+    return np.lexsort((df["image"].to_numpy(), identity_order(keys, *salt)))
+
+
+def metadata_columns(manifest: pd.DataFrame) -> list[str]:
+    """The manifest's columns beyond image, label and split: what it says about each image."""
+    return [c for c in manifest.columns if c not in ("image", "label", "split", "line")]
+
+
+def check_columns(manifest: pd.DataFrame, cfg: TrainConfig, where: str) -> None:
+    """--subgroups, --group-by and --holdout name columns (and a value) that the manifest has."""
+    named = [(f"--subgroups {c}", c) for c in cfg.subgroups] + [(f"--group-by {cfg.group_by}", cfg.group_by)] * bool(
+        cfg.group_by) + [(f"--holdout {cfg.holdout}", cfg.holdout.split("=", 1)[0])] * bool(cfg.holdout)
+    for option, column in named:
+        if column not in metadata_columns(manifest):
+            raise RatioCnnError(f"{option}: {where} has no column {column!r}; its columns are "
+                                f"{', '.join(metadata_columns(manifest)) or '(none beyond image,label)'}")
+    if cfg.holdout:
+        column, value = cfg.holdout.split("=", 1)
+        if not (manifest[column] == value).any():
+            shown = ", ".join(sorted(manifest[column].unique())[:20])
+            raise RatioCnnError(f"--holdout {cfg.holdout}: no image of {where} has {column} {value!r}; "
+                                f"its values are {shown}")
+
+
+def hold_out(manifest: pd.DataFrame, holdout: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rest, the held-out images) for --holdout COL=VALUE: the held-out ones never train or validate."""
+    column, value = holdout.split("=", 1)
+    held = manifest[column] == value
+    return manifest[~held], manifest[held]
+
+
+def group_keys(df: pd.DataFrame, group_by: str) -> pd.Series:
+    """The identity a split keeps together: the --group-by value, or the image itself (none given, or empty)."""
+    if not group_by:
+        return df["image"]
+    return df[group_by].where(df[group_by] != "", "image:" + df["image"])
+
+
+def _assign(df: pd.DataFrame, keys: pd.Series, sizes: dict[str, dict[str, int]], salt: int) -> pd.Series:
+    """Each row's split: groups in identity order go whole to val, else test, while they fit what is
+    left of its sizes (per label), the rest to the training pool. `sizes` keeps what was left unmet."""
+    counts = pd.crosstab(keys, df["label"]).reindex(columns=list(LABELS), fill_value=0)
+    order = np.argsort(identity_order(counts.index, salt), kind="stable")
+    left = {s: np.array([sizes[s][n] for n in LABELS]) for s in ("val", "test")}
+    split_of = {}
+    for key, need in zip(counts.index[order], counts.to_numpy()[order]):
+        split_of[key] = next((s for s in ("val", "test") if (need <= left[s]).all()), "train")
+        if split_of[key] != "train":
+            left[split_of[key]] -= need
+    for s in ("val", "test"):
+        sizes[s] = dict(zip(LABELS, left[s].tolist()))
+    return keys.map(split_of).to_numpy()
+
+
+def split_by_sizes(manifest: pd.DataFrame, keys: pd.Series, cfg: TrainConfig, where: str) -> np.ndarray:
+    """Each row's split (val, test or train) with val and test of the configured sizes; one line when
+    the images, or the groups, cannot fill them."""
+    asked = {"val": {"malignant": cfg.val_malignant, "benign": cfg.val_benign},
+             "test": {"malignant": cfg.test_malignant, "benign": cfg.test_benign}}
+    left = {s: dict(n) for s, n in asked.items()}
+    split = _assign(manifest, keys, left, cfg.split_seed)
+    short = [(s, n) for s in ("val", "test") for n in LABELS if left[s][n] > 0]
+    if short and not cfg.group_by:
+        n = short[0][1]
+        raise RatioCnnError(f"{where} has {int((manifest['label'] == n).sum())} {n} images, fewer than val "
+                            f"({asked['val'][n]}) + test ({asked['test'][n]}) need: lower --val-{n} / --test-{n}")
+    if short:
+        sizes = keys.value_counts()
+        raise RatioCnnError(
+            f"a split of {where} grouped by {cfg.group_by} cannot fill " + ", ".join(
+                f"{s} ({left[s][n]} of {asked[s][n]} {n} missing)" for s, n in short)
+            + f": its largest group holds {sizes.max()} images and {len(sizes)} groups hold "
+            f"{len(manifest)}; lower the --val-*/--test-* sizes, or split without --group-by")
+    return split
 
 
 def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str,
                      sample_seed: int | None = None) -> dict[str, pd.DataFrame]:
     """Val and test (fixed for all ratios and seeds), and the training sample for cfg.ratio.
 
-    The shuffles depend on split_seed only, never on the ratio, so the benign training
-    images are nested across ratios: 1:1's are the first ones of 1:2's, and so on. With a
-    `sample_seed` (`--sample per-seed`) the training pool is reshuffled by that seed before
-    sampling: another sample per seed, still nested across ratios, same val and test.
+    Which image goes where depends on its identity (its name, or its --group-by value) and
+    split_seed only: never on the manifest's row order, never on the ratio. So the benign
+    training images are nested across ratios (1:1's are the first ones of 1:2's), a dataset
+    that gains K images moves at most about 2K of the others between splits (one across each
+    boundary per new image), and with --group-by no group straddles train, val and test. With
+    a `sample_seed` (`--sample per-seed`) the training pool is re-ordered by that seed: another
+    sample per seed, still nested across ratios, same val and test.
     """
-    rng = np.random.default_rng(cfg.split_seed)
-    by_label = {name: _shuffled(manifest[manifest["label"] == name], rng) for name in LABELS}
+    keys = group_keys(manifest, cfg.group_by)
     if "split" in manifest.columns:
-        sets = {s: pd.concat([d[d["split"] == s] for d in by_label.values()]) for s in ("val", "test")}
-        pool = {name: d[d["split"] == "train"] for name, d in by_label.items()}
-        source = "its train split"
+        straddling = manifest["split"].groupby(keys.to_numpy()).nunique()
+        if cfg.group_by and (straddling > 1).any():
+            group = straddling.index[straddling > 1][0]
+            raise RatioCnnError(f"{where}: the split column puts images of {cfg.group_by} {group!r} in more than "
+                                "one split: fix the split column, or drop --group-by")
+        split, source = manifest["split"].to_numpy(), "its train split"
     else:
-        sizes = {"malignant": (cfg.val_malignant, cfg.test_malignant), "benign": (cfg.val_benign, cfg.test_benign)}
-        for name, (n_val, n_test) in sizes.items():
-            if len(by_label[name]) < n_val + n_test:
-                raise RatioCnnError(
-                    f"{where} has {len(by_label[name])} {name} images, fewer than val ({n_val}) + test ({n_test}) "
-                    f"need: lower --val-{name} / --test-{name}"
-                )
-        sets = {
-            "val": pd.concat([by_label[n].iloc[: sizes[n][0]] for n in LABELS]),
-            "test": pd.concat([by_label[n].iloc[sizes[n][0] : sum(sizes[n])] for n in LABELS]),
-        }
-        pool = {n: by_label[n].iloc[sum(sizes[n]) :] for n in LABELS}
-        source = "what val and test leave"
-
+        split, source = split_by_sizes(manifest, keys, cfg, where), "what val and test leave"
+    order = _identity_positions(manifest, keys, cfg.split_seed)
+    ordered, split = manifest.iloc[order], split[order]
+    label = ordered["label"].to_numpy()
+    sets = {s: pd.concat([ordered[(split == s) & (label == n)] for n in LABELS]) for s in ("val", "test")}
+    pool = ordered[split == "train"]
     if sample_seed is not None:
-        reshuffle = np.random.default_rng([cfg.split_seed, sample_seed])
-        pool = {n: _shuffled(pool[n], reshuffle) for n in LABELS}
+        pool = pool.iloc[_identity_positions(pool, group_keys(pool, cfg.group_by), cfg.split_seed, sample_seed)]
+    pool = {n: pool[pool["label"] == n] for n in LABELS}
     wanted = {"malignant": cfg.train_malignant, "benign": cfg.train_benign}
     if any(len(pool[n]) < wanted[n] for n in LABELS):
         have = " and ".join(f"{len(pool[n])} {n}" for n in LABELS)
@@ -153,6 +235,27 @@ def split_and_sample(manifest: pd.DataFrame, cfg: TrainConfig, where: str,
             raise RatioCnnError(f"the {name} split of {where} is empty: raise its --{name}-* sizes or add "
                                 f"{name} rows to the manifest's split column")
     return {name: sets[name] for name in SPLITS}
+
+
+def twins_in_training(sets: dict[str, pd.DataFrame], column: str) -> dict[str, int]:
+    """How many val and test images share a (non-empty) `column` value, e.g. a near-duplicate group,
+    with an image of the training sample."""
+    trained = set(sets["train"][column]) - {""}
+    return {s: int(sets[s][column].isin(trained).sum()) for s in ("val", "test")}
+
+
+MAX_GROUP_VALUES = 20  # a column with more distinct values is an identifier, not a subgroup
+
+
+def train_values(train: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
+    """{column: {value: {malignant, benign}}} of the training sample, for every metadata column with
+    2-20 values in the manifest: what the column alone could learn (the report's shortcut check)."""
+    values = {}
+    for column in metadata_columns(manifest):
+        if 2 <= manifest[column].nunique() <= MAX_GROUP_VALUES:
+            counts = pd.crosstab(train[column], train["label"]).reindex(columns=list(LABELS), fill_value=0)
+            values[column] = {str(v): {n: int(counts.at[v, n]) for n in LABELS} for v in counts.index}
+    return values
 
 
 def class_counts(sets: dict[str, pd.DataFrame]) -> dict[str, dict[str, int]]:
@@ -266,6 +369,7 @@ class LoadedImages:
     skipped: list[str]  # asked for but undecodable
     downloaded: int  # objects fetched from storage (0 on a warm re-run)
     decoded: int  # images decoded (0 on a warm re-run)
+    content: dict[str, str]  # every name asked for, skipped ones too -> the SHA-256 of its object's bytes
 
     def rows(self, names) -> torch.Tensor:
         """Row numbers of these names in `images` (names that were skipped are left out)."""
@@ -284,9 +388,11 @@ def load_images(
     deadline: float,
     max_skipped: float,
 ) -> LoadedImages:
-    """Every image a job needs, decoded; only what the cache lacks is fetched and decoded.
+    """Every image a job needs, decoded, with the content hash of each; only what the cache lacks
+    (or holds damaged: cache.py checks every read) is fetched and decoded.
 
-    `versions` (key -> ETag, or size and mtime) say whether a cached copy is still current.
+    `versions` (key -> ETag, or a local file's inode, size, mtime and ctime) say whether a cached
+    copy is still current.
     """
     row_of = {name: i for i, name in enumerate(manifest["image"])}
     objects, decoded_cache = _object_cache(cache, storage), None
@@ -297,9 +403,19 @@ def load_images(
             log.warning("not caching decoded images in %s: %s", cache, e)
     # One array for the result, filled in place: the decoded images are held once.
     pixels = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    content, ready, undecodable = {}, set(), {}  # name -> hash; positions in `names` filled; name -> why
     with decoded_cache.locked() if decoded_cache else contextlib.nullcontext():
-        status = decoded_cache.known([row_of[n] for n in names], [versions[n] for n in names]) if decoded_cache else {}
-        todo = [i for i, n in enumerate(names) if row_of[n] not in status]
+        if decoded_cache:
+            known = decoded_cache.known([row_of[n] for n in names], [versions[n] for n in names])
+            cached = [i for i, n in enumerate(names) if row_of[n] in known]
+            damaged = {cached[j] for j in decoded_cache.read([row_of[names[i]] for i in cached], into=pixels, at=cached)}
+            if damaged:
+                shown = sorted(names[i] for i in damaged)
+                log.warning("the decoded cache %s holds %d damaged row(s) (%s%s): decoding them again",
+                            decoded_cache.folder, len(damaged), ", ".join(shown[:5]), ", …" if len(shown) > 5 else "")
+            ready = set(cached) - damaged
+            content = {names[i]: known[row_of[names[i]]] for i in ready}
+        todo = [i for i in range(len(names)) if i not in ready]
         raw = {}
         for i in todo:
             if objects and (data := objects.get(names[i], versions[names[i]])) is not None:
@@ -315,33 +431,32 @@ def load_images(
         # reused at once, instead of a second decoded set the allocator would keep.
         for start in range(0, len(todo), DECODE_CHUNK):
             chunk = todo[start : start + DECODE_CHUNK]
-            for i, result in zip(chunk, decode_images([raw.pop(names[i]) for i in chunk],
-                                                      [storage.describe(names[i]) for i in chunk])):
+            batch = [raw.pop(names[i]) for i in chunk]
+            content |= {names[i]: content_hash(data) for i, data in zip(chunk, batch)}
+            for i, result in zip(chunk, decode_images(batch, [storage.describe(names[i]) for i in chunk])):
                 if isinstance(result, UndecodableImage):
-                    status[row_of[names[i]]] = f"undecodable: {result}"
+                    undecodable[names[i]] = str(result)
                 else:
-                    pixels[i], status[row_of[names[i]]] = result, OK
+                    pixels[i] = result
+                    ready.add(i)
         if decoded_cache and todo:
             try:
                 decoded_cache.store([row_of[names[i]] for i in todo], [versions[names[i]] for i in todo],
-                                    [status[row_of[names[i]]] for i in todo], pixels, at=todo)
+                                    [content[names[i]] for i in todo], pixels,
+                                    at=[i if i in ready else None for i in todo])
             except OSError as e:
                 log.warning("could not cache decoded images in %s: %s", cache, e)
-        fresh = set(todo)
-        cached = [i for i, n in enumerate(names) if status[row_of[n]] == OK and i not in fresh]
-        if cached:
-            decoded_cache.read([row_of[names[i]] for i in cached], into=pixels, at=cached)
-    skipped = [n for n in names if status[row_of[n]] != OK]
+    skipped = [n for n in names if n in undecodable]
     for n in skipped:
-        log.warning("skipping undecodable image %s", status[row_of[n]].removeprefix("undecodable: "))
+        log.warning("skipping undecodable image %s", undecodable[n])
     if len(skipped) > max_skipped * len(names):
         raise RatioCnnError(
             f"{len(skipped)} of {len(names)} images could not be decoded (first: {storage.describe(skipped[0])}), "
             f"more than the {max_skipped:.1%} --max-skipped allows: replace or remove them from the manifest"
         )
-    keep = [i for i, n in enumerate(names) if status[row_of[n]] == OK]
+    keep = sorted(ready)
     if len(keep) < len(names):
         pixels = pixels[keep]
     # (N, 128, 128, 3) viewed as (N, 3, 128, 128): channels-last strides, no copy.
     return LoadedImages(torch.from_numpy(pixels).permute(0, 3, 1, 2), [names[i] for i in keep], skipped,
-                        downloaded=len(fetch), decoded=len(todo))
+                        downloaded=len(fetch), decoded=len(todo), content=content)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ratio_cnn import checkpoint, data, plots
+from ratio_cnn import checkpoint, data, dedupe, plots, provenance
 from ratio_cnn.config import TrainConfig, ratio_name, variant_folder
 from ratio_cnn.data import LABELS, LoadedImages
 from ratio_cnn.errors import RatioCnnError
@@ -42,6 +42,15 @@ class Split:
     images: torch.Tensor  # (n, 3, 128, 128) uint8
     labels: torch.Tensor  # (n,) float32, 1 = malignant
     names: list[str]  # the image of each row
+    metadata: pd.DataFrame  # the manifest's metadata columns of each row, written beside its predictions
+
+
+@dataclass
+class EvalSet:
+    """An extra evaluation set (--eval-data NAME=URI, or --holdout's images): every model is evaluated on it."""
+
+    split: Split
+    described: dict  # metrics.json's data.eval_sets entry: uri, counts, images also in training
 
 
 @dataclass
@@ -53,13 +62,19 @@ class JobData:
     rows: dict[int, dict[str, torch.Tensor]]  # seed -> "train", "val", "test" -> rows of the images
     counts: dict[str, dict[str, int]]  # split -> malignant and benign images (of the first seed's sample)
     manifest_digest: str
+    metadata: pd.DataFrame  # by image: the manifest's columns beyond image, label and split
+    described: dict  # metrics.json's data section: columns, train_values, split, eval_sets (report.py reads it)
+    extra: dict[str, EvalSet]  # by name: the extra evaluation sets
 
     def move_to(self, device: torch.device) -> None:
         """Images and labels onto the device; on a GPU the CPU copy goes."""
         self.loaded.images, self.labels = self.loaded.images.to(device), self.labels.to(device)
+        for name, extra in self.extra.items():
+            self.extra[name].split = Split(extra.split.images.to(device), extra.split.labels.to(device),
+                                           extra.split.names, extra.split.metadata)
 
     def splits(self, seed: int) -> dict[str, Split]:
-        return {split: select_rows(self.loaded.images, self.labels, self.loaded.names, rows)
+        return {split: select_rows(self.loaded.images, self.labels, self.loaded.names, rows, self.metadata)
                 for split, rows in self.rows[seed].items()}
 
 
@@ -98,13 +113,17 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     load_seconds = time.perf_counter() - started
     log.info("%s: %d images ready (%d downloaded, %d decoded, the rest from the cache) in %.1f s", title,
              len(dataset.loaded.names), dataset.loaded.downloaded, dataset.loaded.decoded, load_seconds)
+    record = provenance.data_record(dataset.manifest_digest, dataset.loaded.content, {
+        seed: {split: [dataset.loaded.names[i] for i in r.tolist()] for split, r in rows.items()}
+        for seed, rows in dataset.rows.items()})
+    folder.bind_data(record)  # a resumed job stops here unless it reads what the earlier attempt read
 
     # -------------------------------------------------------------------------
     # the whole dataset lives on the device; batches are normalised there
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     if device.type == "cuda":
-        data.check_memory(len(dataset.loaded.names), device)
+        data.check_memory(len(dataset.loaded.names) + sum(len(e.split.names) for e in dataset.extra.values()), device)
     dataset.move_to(device)
     log.info("%s: training on %s (%s) for %d epochs, %d seed(s), %s", title, device, precision, cfg.epochs,
              len(cfg.seeds), ", ".join(f"{s}+{m}" for s, m in cfg.variants))
@@ -115,7 +134,7 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
         seed_metrics, histories = {}, {}
         for seed in cfg.seeds:
             seed_metrics[seed], histories[seed] = run_seed(cfg, folder, strategy, model_name, seed,
-                                                           dataset.splits(seed), precision,
+                                                           dataset.splits(seed), dataset.extra, precision,
                                                            f"{title} {variant} seed {seed}")
         write_variant_figures(folder, variant, seed_metrics, histories, f"{title} — {strategy}, {model_name}")
         variants.append({"strategy": strategy, "model": model_name, "folder": variant,
@@ -128,8 +147,9 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
         "ratio": cfg.ratio,
         "run_id": cfg.run_id,
         "config": cfg.to_dict(),
-        "data": {"uri": source.uri, "manifest_digest": dataset.manifest_digest, "counts": dataset.counts,
-                 "sample": cfg.sample, "skipped_images": dataset.loaded.skipped},
+        "data": {"uri": source.uri, "manifest_digest": dataset.manifest_digest,
+                 "data_digest": record["data_digest"], "counts": dataset.counts,
+                 "sample": cfg.sample, "skipped_images": dataset.loaded.skipped} | dataset.described,
         "variants": variants,
         "timings": {"load_seconds": load_seconds, "downloaded": dataset.loaded.downloaded,
                     "decoded": dataset.loaded.decoded, "total_seconds": time.perf_counter() - started},
@@ -137,26 +157,37 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     }
 
 
-def load_data(cfg: TrainConfig, source: Storage, title: str) -> JobData:
-    """Manifest, split, every seed's sample, then every image fetched and decoded once."""
-    deadline = time.monotonic() + cfg.data_deadline
-    log.info("%s: reading the dataset at %s", title, source.uri)
+def read_dataset(source: Storage, cache, what: str = "dataset") -> tuple[dict[str, str], bytes, pd.DataFrame]:
+    """The listing, the raw manifest and the parsed manifest of a dataset, with its near-duplicate
+    groups (`near_dup_group`) joined on when `ratio-cnn data dedupe` left them beside it."""
     present = source.list_versions()
     if data.MANIFEST not in present:
-        raise RatioCnnError(f"no dataset at {source.uri} ({data.MANIFEST} is missing): make one with "
+        raise RatioCnnError(f"no {what} at {source.uri} ({data.MANIFEST} is missing): make one with "
                             f"`ratio-cnn data synth --out {source.uri}` or `ratio-cnn data ingest SRC --out {source.uri}`")
-    raw_manifest = data.get_manifest(source, present[data.MANIFEST], cfg.cache_dir)
+    raw_manifest = data.get_manifest(source, present[data.MANIFEST], cache)
     manifest = data.read_manifest(raw_manifest, source.describe(data.MANIFEST))
-    samples = {seed: data.split_and_sample(manifest, cfg, source.uri, seed if cfg.sample == "per-seed" else None)
+    if dedupe.SIDECAR in present:
+        manifest = dedupe.attach_groups(manifest, source.get(dedupe.SIDECAR), source.describe(dedupe.SIDECAR))
+    return present, raw_manifest, manifest
+
+
+def load_data(cfg: TrainConfig, source: Storage, title: str) -> JobData:
+    """Manifest, split, every seed's sample, then every image fetched and decoded once; the extra sets."""
+    deadline = time.monotonic() + cfg.data_deadline
+    log.info("%s: reading the dataset at %s", title, source.uri)
+    present, raw_manifest, manifest = read_dataset(source, cfg.cache_dir)
+    data.check_columns(manifest, cfg, source.uri)
+    pool, held = data.hold_out(manifest, cfg.holdout) if cfg.holdout else (manifest, manifest.iloc[:0])
+    samples = {seed: data.split_and_sample(pool, cfg, source.uri, seed if cfg.sample == "per-seed" else None)
                for seed in cfg.seeds}
     first = samples[cfg.seeds[0]]
-    data.check_images_exist(source, present, [s["train"] for s in samples.values()] + [first["val"], first["test"]])
+    data.check_images_exist(source, present, [s["train"] for s in samples.values()] + [first["val"], first["test"], held])
     log.info("%s: %s", title, ", ".join(f"{s} {c['malignant']} malignant + {c['benign']} benign"
                                          for s, c in data.class_counts(first).items()))
     # Val, test, then training images: each split of the first sample is one run of rows, a view of
     # the decoded set rather than a copy (later seeds' other samples, with --sample per-seed, are copies).
-    needed = list(dict.fromkeys(n for split in ("val", "test", "train") for s in samples.values()
-                                for n in s[split]["image"]))
+    needed = list(dict.fromkeys([n for split in ("val", "test", "train") for s in samples.values()
+                                 for n in s[split]["image"]] + list(held["image"])))
     data.check_memory(len(needed), torch.device("cpu"))
     loaded = data.load_images(source, manifest, needed, present, cfg.cache_dir, data.digest(raw_manifest),
                               cfg.workers, deadline, cfg.max_skipped)
@@ -164,17 +195,73 @@ def load_data(cfg: TrainConfig, source: Storage, title: str) -> JobData:
     labels = torch.tensor([label_of[n] for n in loaded.names], dtype=torch.float32)
     rows = {seed: {split: loaded.rows(df["image"]) for split, df in s.items()} for seed, s in samples.items()}
     counts = {split: label_counts(labels[r]) for split, r in rows[cfg.seeds[0]].items()}
-    return JobData(loaded, labels, rows, counts, data.digest(raw_manifest))
+    metadata = manifest.set_index("image")[data.metadata_columns(manifest)]
+    trained = {loaded.content[n] for s in samples.values() for n in s["train"]["image"] if n in loaded.content}
+    extra = {}
+    if cfg.holdout:
+        held_split = select_rows(loaded.images, labels, loaded.names, loaded.rows(held["image"]), metadata)
+        extra[holdout_name(cfg.holdout)] = EvalSet(held_split, {
+            "uri": source.uri, "holdout": cfg.holdout, "counts": label_counts(held_split.labels),
+            "overlap_with_train": sum(loaded.content.get(n) in trained for n in held_split.names)})
+    for item in cfg.eval_data:
+        name, _, uri = item.partition("=")
+        extra[name] = load_eval_set(cfg, name, uri, trained, deadline)
+    described = {"columns": data.metadata_columns(manifest), "train_values": data.train_values(first["train"], manifest),
+                 "split": describe_split(cfg, manifest, first),
+                 "eval_sets": {name: e.described for name, e in extra.items()}}
+    return JobData(loaded, labels, rows, counts, data.digest(raw_manifest), metadata, described, extra)
 
 
-def select_rows(images: torch.Tensor, labels: torch.Tensor, names: list[str], rows: torch.Tensor) -> Split:
+def holdout_name(holdout: str) -> str:
+    """The evaluation set that --holdout COL=VALUE makes: holdout-COL-VALUE."""
+    return "holdout-" + "-".join(holdout.split("=", 1))
+
+
+def describe_split(cfg: TrainConfig, manifest: pd.DataFrame, sets: dict[str, pd.DataFrame]) -> dict:
+    """How the split was made, and how many val/test images have a near-duplicate in training."""
+    twins = None
+    if dedupe.GROUP_COLUMN in manifest.columns:
+        counts = data.twins_in_training(sets, dedupe.GROUP_COLUMN)
+        twins = {"column": dedupe.GROUP_COLUMN, "grouped": cfg.group_by == dedupe.GROUP_COLUMN,
+                 "val_with_twin_in_train": counts["val"], "test_with_twin_in_train": counts["test"]}
+    return {"rule": "stable-hash", "group_by": cfg.group_by or None, "holdout": cfg.holdout or None,
+            "near_duplicates": twins}
+
+
+def load_eval_set(cfg: TrainConfig, name: str, uri: str, trained: set[str], deadline: float) -> EvalSet:
+    """An --eval-data set, decoded; the images it shares with training (same bytes) are counted."""
+    source = open_storage(uri, timeout=cfg.storage_timeout)
+    present, raw_manifest, manifest = read_dataset(source, cfg.cache_dir, f"--eval-data {name} dataset")
+    classes = set(manifest["label"])
+    if len(classes) < 2:
+        raise RatioCnnError(f"--eval-data {name}: {source.describe(data.MANIFEST)} lists only {classes.pop()} images: "
+                            "an evaluation set needs both malignant and benign ones")
+    data.check_images_exist(source, present, [manifest])
+    data.check_memory(len(manifest), torch.device("cpu"))
+    loaded = data.load_images(source, manifest, list(manifest["image"]), present, cfg.cache_dir,
+                              data.digest(raw_manifest), cfg.workers, deadline, cfg.max_skipped)
+    label_of = dict(zip(manifest["image"], manifest["label"].map(LABELS)))
+    labels = torch.tensor([label_of[n] for n in loaded.names], dtype=torch.float32)
+    overlap = sum(loaded.content.get(n) in trained for n in loaded.names)
+    if overlap:
+        log.warning("--eval-data %s: %d of its %d images are also training images (same bytes): the report says so",
+                    name, overlap, len(loaded.names))
+    split = Split(loaded.images, labels, loaded.names, manifest.set_index("image")[data.metadata_columns(manifest)]
+                  .reindex(loaded.names))
+    return EvalSet(split, {"uri": source.uri, "counts": label_counts(labels), "overlap_with_train": overlap,
+                           "skipped_images": loaded.skipped})
+
+
+def select_rows(images: torch.Tensor, labels: torch.Tensor, names: list[str], rows: torch.Tensor,
+                metadata: pd.DataFrame) -> Split:
     """These rows of the decoded set: a view when they are one run (no copy), else a copy."""
     split_names = [names[i] for i in rows.tolist()]
+    rows_metadata = metadata.reindex(split_names)
     if len(rows) and bool((rows == torch.arange(rows[0], rows[0] + len(rows))).all()):
         run = slice(int(rows[0]), int(rows[0]) + len(rows))
-        return Split(images[run], labels[run], split_names)
+        return Split(images[run], labels[run], split_names, rows_metadata)
     rows = rows.to(images.device)
-    return Split(images[rows], labels[rows], split_names)
+    return Split(images[rows], labels[rows], split_names, rows_metadata)
 
 
 # -----------------------------------------------------------------------------
@@ -182,7 +269,8 @@ def select_rows(images: torch.Tensor, labels: torch.Tensor, names: list[str], ro
 
 
 def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str, seed: int,
-             splits: dict[str, Split], precision: str, title: str) -> tuple[dict, pd.DataFrame]:
+             splits: dict[str, Split], extra: dict[str, EvalSet], precision: str,
+             title: str) -> tuple[dict, pd.DataFrame]:
     """One replicate: train (from its checkpoint when resuming), evaluate, write its outputs; its
     metrics.json and its history (one row per epoch)."""
     variant = variant_folder(strategy, model_name)
@@ -197,10 +285,12 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str
     train_seconds = time.perf_counter() - started
 
     # -------------------------------------------------------------------------
-    # evaluation of the final model: val from the last epoch, test now
+    # evaluation of the final model: val from the last epoch, test and every extra set now
     eval_batch = pick_eval_batch(cfg.eval_batch_size, test.images.device)
     test_metrics, test_logits = evaluate(replicate.model, test.images, test.labels, eval_batch, cfg.threshold,
                                          precision)
+    extra_results = {name: evaluate(replicate.model, e.split.images, e.split.labels, eval_batch, cfg.threshold,
+                                    precision) for name, e in extra.items()}
     log.info("%s test: loss %.4f acc %.3f precision %.3f recall %.3f F1 %.3f ROC-AUC %s", title,
              test_metrics["loss"], test_metrics["accuracy"], test_metrics["precision"], test_metrics["recall"],
              test_metrics["f1"], "n/a" if test_metrics["roc_auc"] is None else f"{test_metrics['roc_auc']:.3f}")
@@ -213,8 +303,12 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str
                "timings": {"train_seconds": train_seconds, "epochs_trained": trained.epochs_trained,
                            "train_images_per_second": trained.epochs_trained * len(plan.labels)
                            / max(train_seconds, 1e-9)}}
+    if extra:
+        metrics["eval"] = {name: m for name, (m, _) in extra_results.items()}
     history = pd.DataFrame(trained.history)
-    files = seed_files(history, {"val": (val, trained.val_logits), "test": (test, test_logits)}, replicate.model)
+    predicted = {"val": (val, trained.val_logits), "test": (test, test_logits)} | {
+        f"eval:{name}": (extra[name].split, logits) for name, (_, logits) in extra_results.items()}
+    files = seed_files(history, predicted, replicate.model)
     folder.write_seed(variant, seed, files, metrics)
     return metrics, history
 
@@ -225,9 +319,14 @@ def train_replicate(cfg: TrainConfig, folder: JobFolder, variant: str, seed: int
     model, optimizer = replicate.model, replicate.optimizer
     first_epoch, history = 1, []
     if cfg.resume and (saved := folder.load_checkpoint(variant, seed)) is not None:
-        last, history = checkpoint.unpack(saved, model, optimizer, replicate.generators)
-        first_epoch = last + 1
-        log.info("%s: resuming after epoch %d", title, last)
+        try:
+            last, history = checkpoint.unpack(saved, folder.describe_checkpoint(variant, seed), model, optimizer,
+                                              replicate.generators, folder.trained_on(seed))
+            first_epoch = last + 1
+            log.info("%s: resuming after epoch %d", title, last)
+        except checkpoint.UnloadableCheckpoint as e:  # nothing was restored: the replicate is as built
+            log.warning("%s: %s; kept as %s, training the seed from its first epoch", title, e,
+                        folder.set_checkpoint_aside(variant, seed, saved))
     eval_batch = pick_eval_batch(cfg.eval_batch_size, val.images.device)
 
     last_checkpoint = time.monotonic()
@@ -245,18 +344,19 @@ def train_replicate(cfg: TrainConfig, folder: JobFolder, variant: str, seed: int
         folder.check_owner()
         if epoch < cfg.epochs and time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
             folder.save_checkpoint(variant, seed, checkpoint.pack(model, optimizer, epoch, history,
-                                                                  replicate.generators))
+                                                                  replicate.generators, folder.trained_on(seed)))
             last_checkpoint = time.monotonic()
     return TrainedReplicate(history, val_metrics, val_logits, cfg.epochs - first_epoch + 1)
 
 
 def seed_files(history: pd.DataFrame, predicted: dict[str, tuple[Split, np.ndarray]], model: nn.Module) -> dict:
     """A seed's outputs as bytes: history.csv, predictions.csv (label, logit and probability of every
-    image of each predicted split) and model.pt."""
+    image of each predicted split, then the image's metadata columns) and model.pt."""
     predictions = pd.concat([
         pd.DataFrame({"split": split, "image": s.names,
                       "label": np.where(s.labels.cpu().numpy() == 1, "malignant", "benign"),
-                      "logit": logits.astype(np.float64), "probability": sigmoid(logits)})
+                      "logit": logits.astype(np.float64), "probability": sigmoid(logits)}
+                     | {column: s.metadata[column].fillna("").to_numpy() for column in s.metadata.columns})
         for split, (s, logits) in predicted.items()])
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)  # loads with weights_only=True

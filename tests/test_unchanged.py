@@ -1,8 +1,10 @@
 """The refactor guard: a fixed tiny CPU study gives byte-identical outputs to the code it replaced.
 
 Two ratios, two seeds, two strategies, trained in this process on one thread, then the report.
-The digests were recorded from the code before the refactor of issue 13 (commit 9ec68ea);
-a change that means to move these numbers updates them in the same commit and says why.
+The digests were first recorded from the code before the refactor of issue 13 (commit 9ec68ea),
+which left them unchanged; issue 14 moved them on purpose (splits by image identity instead of
+row order; the report's split statement and validity sections). A change that means to move
+these numbers updates them in the same commit and says why.
 Not covered: timings, the environment, and metrics.json's per-variant summary, whose
 interval rule was unified with the report's on purpose.
 """
@@ -19,25 +21,25 @@ from ratio_cnn.report import write_report
 TINY = dict(epochs=1, batch_size=16, train_malignant=12, val_malignant=6, val_benign=20, test_malignant=6,
             test_benign=20, device="cpu", seeds=[0, 1], strategies=["none", "pos_weight"], cache="none")
 EXPECTED = {
-    "ratio-1/none/simple/seed-0/predictions.csv": "c3e38e66314d0ba5",
-    "ratio-1/none/simple/seed-1/predictions.csv": "a4e5323dc0fbd97d",
-    "ratio-1/pos_weight/simple/seed-0/predictions.csv": "c3e38e66314d0ba5",
-    "ratio-1/pos_weight/simple/seed-1/predictions.csv": "a4e5323dc0fbd97d",
-    "ratio-2/none/simple/seed-0/predictions.csv": "2855ed2e64a76dc7",
-    "ratio-2/none/simple/seed-1/predictions.csv": "54097dbdb002fdfb",
-    "ratio-2/pos_weight/simple/seed-0/predictions.csv": "95c3f2a16ca67d18",
-    "ratio-2/pos_weight/simple/seed-1/predictions.csv": "fa6934ea284a8de4",
-    "ratio-1/none/simple/seed-0/metrics.json": "d9cc33a665cf2220",
-    "ratio-1/none/simple/seed-1/metrics.json": "435e2a6f17a60a4d",
-    "ratio-1/pos_weight/simple/seed-0/metrics.json": "291b7c605424cb9c",
-    "ratio-1/pos_weight/simple/seed-1/metrics.json": "45c468552c978997",
-    "ratio-2/none/simple/seed-0/metrics.json": "2971bd2b2e29f635",
-    "ratio-2/none/simple/seed-1/metrics.json": "2118d578b94802ab",
-    "ratio-2/pos_weight/simple/seed-0/metrics.json": "67e4a9a7d9c58cea",
-    "ratio-2/pos_weight/simple/seed-1/metrics.json": "021acda6ee2332f8",
-    "ratio-1/metrics.json": "5312854e6f14b4ab",
-    "ratio-2/metrics.json": "aebc1cb0a0278a44",
-    "report.md": "e03de9e7ca726d02",
+    "ratio-1/none/simple/seed-0/predictions.csv": "9c257d8695220364",
+    "ratio-1/none/simple/seed-1/predictions.csv": "1f9c3d08a927ffe5",
+    "ratio-1/pos_weight/simple/seed-0/predictions.csv": "9c257d8695220364",
+    "ratio-1/pos_weight/simple/seed-1/predictions.csv": "1f9c3d08a927ffe5",
+    "ratio-2/none/simple/seed-0/predictions.csv": "b1df8cab311152d4",
+    "ratio-2/none/simple/seed-1/predictions.csv": "afc2021d06fbd538",
+    "ratio-2/pos_weight/simple/seed-0/predictions.csv": "f98fa74182dbddb4",
+    "ratio-2/pos_weight/simple/seed-1/predictions.csv": "8bf70e7c87ed30df",
+    "ratio-1/none/simple/seed-0/metrics.json": "639626b5c351c56d",
+    "ratio-1/none/simple/seed-1/metrics.json": "fb8c1eb4fd76c88f",
+    "ratio-1/pos_weight/simple/seed-0/metrics.json": "21b60fac27927c25",
+    "ratio-1/pos_weight/simple/seed-1/metrics.json": "c0240f3bb161e567",
+    "ratio-2/none/simple/seed-0/metrics.json": "1760f682fa7a6092",
+    "ratio-2/none/simple/seed-1/metrics.json": "224f40ac2600daf9",
+    "ratio-2/pos_weight/simple/seed-0/metrics.json": "a57735d452201373",
+    "ratio-2/pos_weight/simple/seed-1/metrics.json": "7ca857ab716b54a0",
+    "ratio-1/metrics.json": "f4dbff38d38e6dec",
+    "ratio-2/metrics.json": "c82a7f5b3f762026",
+    "report.md": "51e0e33dce129e10",
 }
 
 
