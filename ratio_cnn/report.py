@@ -111,7 +111,7 @@ def artifact_rows(written: "WrittenReport") -> list[dict]:
             continue
         for v in r.variants:
             cell = written.analysis.cells[(r.ratio, v.name)]
-            rows.append({"ratio": cell.label, "variant": v.name, "status": "ok", "seeds": len(cell.test.seeds),
+            rows.append({"ratio": cell.label, "variant": v.name, "status": "ok", "seeds": len(cell.evaluated.seeds),
                          **{f"test {NAMES[m]}": fmt(cell.seed_intervals["test"][m]) for m in COMPARED}})
     return rows
 
