@@ -153,6 +153,8 @@ class ColumnCheck:
     within_minus_overall: Interval | None  # paired on images and seeds
     column_alone: dict[str, Interval] | None  # ROC-AUC, AP of each image's value's training malignant share
     model_minus_column: dict[str, Interval] | None  # the model's minus the column alone's, paired
+    determines_label: bool = False  # every training value holds one class: the column restates the label
+
 
     @property
     def ranks_worse_within(self) -> bool:
@@ -507,11 +509,15 @@ def column_check(cell: VariantAnalysis, column: str, train_values: dict | None) 
     if any(v.malignant and v.benign for v in values):  # else no pair shares a value
         within = stats.within_group_interval(p.labels, p.logits, groups, RESAMPLES, BOOTSTRAP_SEED)
         difference = stats.within_minus_overall(p.labels, p.logits, groups, RESAMPLES, BOOTSTRAP_SEED)
-    if train_values:
+    # A column whose every training value holds one class (a diagnosis: melanoma is malignant) is the
+    # label written another way, not something an image could give away: no column-alone score for it.
+    determines_label = bool(train_values) and all(min(c["malignant"], c["benign"]) == 0 for c in train_values.values())
+    if train_values and not determines_label:
         scores = stats.column_alone_scores({v: (c["malignant"], c["benign"]) for v, c in train_values.items()}, groups)
         alone = stats.column_alone_intervals(p.labels, scores, RESAMPLES, BOOTSTRAP_SEED)
         gain = stats.model_minus_column_alone(p.labels, p.logits, scores, RESAMPLES, BOOTSTRAP_SEED)
-    return ColumnCheck(column, cell.label, values, cell.bootstrap["roc_auc"], within, difference, alone, gain)
+    return ColumnCheck(column, cell.label, values, cell.bootstrap["roc_auc"], within, difference, alone, gain,
+                       determines_label)
 
 
 def subgroup_value(cell: VariantAnalysis, mask: np.ndarray, value: str) -> SubgroupValue:

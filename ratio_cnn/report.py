@@ -532,7 +532,8 @@ def shortcut_section(v: Validity) -> list[str]:
               "model within | within − overall | |", "|---|---|---|---|---|---|---|---|---|"]
     for k in v.checks:
         alone = ([fmt(k.column_alone[m]) for m in ("roc_auc", "average_precision")]
-                 + [signed(k.model_minus_column["roc_auc"])] if k.column_alone else ["no training counts"] * 3)
+                 + [signed(k.model_minus_column["roc_auc"])] if k.column_alone else
+                 ["restates the label (each value one class)"] * 3 if k.determines_label else ["no training counts"] * 3)
         within = ([fmt(k.within), signed(k.within_minus_overall)] if k.within else ["no value holds both classes"] * 2)
         lines.append(f"| `{k.column}` | {k.label} | " + " | ".join(alone + [fmt(k.overall)] + within)
                      + f" | {'⚠' if k.shortcut else ''} |")

@@ -279,3 +279,16 @@ def test_metadata_is_read_as_written_and_malformed_new_keys_are_one_line_errors(
     metrics_path.write_text(json.dumps(metrics))
     with pytest.raises(RatioCnnError, match=r"ratio-2/metrics.json describes the evaluation set 'external'"):
         write_report(str(run))
+
+
+def test_a_column_that_restates_the_label_is_a_subgroup_not_a_shortcut(tmp_path):
+    run = tmp_path / "run-d"
+    y, _ = sourced_labels(SOURCES)
+    diagnosis = np.where(y == 1, "melanoma", "nevus")  # each value holds one class: the label written another way
+    for ratio in (1, 3):
+        validity_job(run, ratio, lesion_logits(y, ratio), y, {"diagnosis": list(diagnosis)}, data={"train_values": {
+            "diagnosis": {"melanoma": {"malignant": 100, "benign": 0}, "nevus": {"malignant": 0, "benign": 300}}}})
+    written = write_report(str(run))
+    checks = written.analysis.validity.checks
+    assert checks and all(k.determines_label and k.column_alone is None and not k.shortcut for k in checks)
+    assert "⚠ Shortcut" not in written.markdown and "restates the label" in written.markdown
