@@ -6,20 +6,23 @@ calls them (`load_images`, `build_replicate`, `train_one_epoch`, `predict`); the
 bench/naive.py. Timed regions exclude a warm-up and drain the GPU's queue at both ends.
 """
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
 from bench import naive
+from ratio_cnn.cache import ROW_SHAPE, DecodedImages, content_hash
 from ratio_cnn.config import TrainConfig
-from ratio_cnn.data import LABELS, MANIFEST, load_images, read_manifest
+from ratio_cnn.data import LABELS, MANIFEST, digest, load_images, read_manifest
 from ratio_cnn.evaluate import predict
-from ratio_cnn.job import run_job
+from ratio_cnn.job import load_data, read_dataset, run_job
 from ratio_cnn.model import SimpleCNN
-from ratio_cnn.storage import open_storage
+from ratio_cnn.storage import LocalStorage, open_storage
 from ratio_cnn.strategies import make_plan
 from ratio_cnn.train import build_replicate, pick_eval_batch, pick_precision, train_one_epoch
 
@@ -116,3 +119,47 @@ def study_ratio_cnn(data: str, out: str, cache: str, ratios: list[float], option
         jobs = [run_job(cfg) for cfg in configs]
     return {"job_seconds": [j["timings"]["total_seconds"] for j in jobs],
             "decoded": sum(j["timings"]["decoded"] for j in jobs)}
+
+
+def cache_checks(data: str, cache: str, ratio: float, options: dict, repeats: int = 5) -> dict:
+    """What checking the cache costs on a warm re-run: the job's data phase (`load_data`, after a first
+    call filled the cache) and, over the same decoded rows, `DecodedImages.read` (each row checked,
+    cache.row_checks) against the same copy unchecked; the best of `repeats` of each. A warm run
+    reads no cached object, so no SHA-256 of one is computed (the manifest's aside). Beside them, the
+    alternatives not taken: a CRC-32 of every row instead, and for a local dataset, keying its files
+    by content (reading and hashing every used image)."""
+    cfg = TrainConfig(ratio=ratio, data=data, out="bench-unused", cache=cache, run_id="bench", **options)
+    source = open_storage(data)
+    warm = []
+    for _ in range(repeats + 1):  # the first fills the cache, or finds it filled
+        started = time.perf_counter()
+        dataset = load_data(cfg, source, "bench")
+        warm.append(time.perf_counter() - started)
+    _, raw_manifest, manifest = read_dataset(source, cfg.cache_dir)
+    row_of = {name: i for i, name in enumerate(manifest["image"])}
+    rows = [row_of[name] for name in dataset.loaded.names]
+    at = list(range(len(rows)))
+    into = np.empty((len(rows), *ROW_SHAPE), dtype=np.uint8)
+    decoded = DecodedImages(cfg.cache_dir, source.uri, digest(raw_manifest), len(manifest))
+    with decoded.locked():
+        checked = min(_timed(lambda: decoded.read(rows, into, at), torch.device("cpu"), 1) for _ in range(repeats))
+        unchecked = min(_timed(lambda: _read_unchecked(decoded, rows, into, at), torch.device("cpu"), 1)
+                        for _ in range(repeats))
+    crc32 = min(_timed(lambda: [zlib.crc32(row) for row in into], torch.device("cpu"), 1) for _ in range(repeats))
+    hash_local = None
+    if isinstance(source, LocalStorage):
+        hash_local = min(_timed(lambda: [content_hash(raw) for raw in source.get_many(
+            dataset.loaded.names, workers=cfg.workers).values()], torch.device("cpu"), 1) for _ in range(repeats))
+    best = min(warm[1:])
+    return {"images": len(rows), "warm_load_seconds": best, "warm_load_runs": warm[1:],
+            "read_checked_seconds": checked, "read_unchecked_seconds": unchecked,
+            "checks_seconds": checked - unchecked, "checks_share": (checked - unchecked) / best,
+            "crc32_seconds": crc32, "hash_local_seconds": hash_local}
+
+
+def _read_unchecked(decoded: DecodedImages, rows: list[int], into: np.ndarray, at: list[int], chunk: int = 64) -> None:
+    """DecodedImages.read without its checks: the same chunked copy, the baseline the checks are measured against."""
+    images = np.memmap(decoded.images_path, dtype=np.uint8, mode="r", shape=(decoded.rows, *ROW_SHAPE))
+    for start in range(0, len(rows), chunk):
+        into[at[start : start + chunk]] = images[rows[start : start + chunk]]
+    del images

@@ -2,6 +2,7 @@
 
     python -m bench.run            # the full run: about 25 minutes on 2 idle CPU cores
     python -m bench.run --quick    # tiny sizes, to check the bench itself: about 3 minutes
+    python -m bench.run --checks-only DATA   # only what checking the cache costs, on DATA (prints JSON)
 
 Measures the training loop's images/s, S3 pulls cold and warm, a whole study, and how time
 and memory grow with the dataset; writes bench/results/latest.json and the generated part of
@@ -27,7 +28,7 @@ import torch
 from bench import docs, naive, targets
 from bench.datasets import moto_server, scaled_copy, upload
 from bench.isolated import run_isolated
-from bench.measure import job, loop_naive, loop_ratio_cnn, model_and_optimizer_bytes, study_ratio_cnn
+from bench.measure import cache_checks, job, loop_naive, loop_ratio_cnn, model_and_optimizer_bytes, study_ratio_cnn
 from ratio_cnn.config import TrainConfig
 from ratio_cnn.storage import open_storage
 from ratio_cnn.synth import BENIGN, MALIGNANT, make_synthetic_dataset
@@ -129,6 +130,13 @@ def measure_study(data: Path, work: Path, sizes: Sizes) -> dict:
     return {"ratios": list(sizes.study_ratios), "options": sizes.study, "runs": runs}
 
 
+def measure_checks(data: Path, work: Path, sizes: Sizes) -> dict:
+    """What checking the cache costs on a warm re-run of a 1:1 job (bench.measure.cache_checks)."""
+    log.info("checks: a 1:1 job's warm data phase, and its cache reads with and without their checks")
+    return run_isolated(cache_checks, CORES, data=str(data), cache=str(work / "checks-cache"), ratio=1,
+                        options=sizes.job)
+
+
 def measure_scale(data: Path, work: Path, sizes: Sizes) -> dict:
     """A 1:1 job, 1 epoch, on the dataset k times over with split sizes k times over, cold cache;
     beside the 1x job, the same at evaluation batch 32 (how much evaluation's batch holds) and
@@ -191,10 +199,16 @@ def main() -> None:
                         help="the JSON file to write (default: bench/results/latest.json)")
     parser.add_argument("--make-study-seconds", type=float,
                         help="the wall time of `make study`, measured separately, for the targets table")
+    parser.add_argument("--checks-only", metavar="DATA", type=Path,
+                        help="measure only what checking the cache costs, on the dataset DATA; print it as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     sizes = QUICK if args.quick else FULL
+    if args.checks_only:
+        with tempfile.TemporaryDirectory(prefix="ratio-cnn-bench-") as tmp:
+            print(json.dumps(measure_checks(args.checks_only, Path(tmp), sizes), indent=1))
+        return
     started = time.perf_counter()
     results = {"conditions": conditions(args.quick, sizes), "make_study_seconds": args.make_study_seconds}
     with tempfile.TemporaryDirectory(prefix="ratio-cnn-bench-") as tmp:
@@ -203,6 +217,7 @@ def main() -> None:
         make_synthetic_dataset(str(data), sizes.malignant, sizes.benign, seed=0)
         results["loop"] = measure_loops(data, sizes)
         results["s3"] = measure_s3(data, work, sizes)
+        results["checks"] = measure_checks(data, work, sizes)
         results["study"] = measure_study(data, work, sizes)
         results["scale"] = measure_scale(data, work, sizes)
     results["conditions"].update(load_average_at_end=os.getloadavg(), bench_seconds=time.perf_counter() - started)

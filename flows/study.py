@@ -5,18 +5,23 @@
   API when no server is configured; no worker, no Docker;
 - deployments: `run_deployment` of `train-ratio/gpu` per ratio, so each ratio runs in
   its own container on a GPU work pool.
-One failed ratio stops neither the others nor the report; the run then ends Failed.
+One failed ratio stops neither the others nor the report; the run then ends Failed. If the
+Prefect API goes away mid-study (the temporary server `make study` starts, under load), the
+command builds the report from what the jobs wrote, which needs no Prefect, and exits non-zero.
 Each flow takes its configuration (ratio_cnn/config.py) as its one parameter, which the
 Prefect UI shows as a form. This module imports no torch of its own: the library does.
 
     python -m flows.study        # the whole study on the embedded defaults (make study)
 """
+import atexit
 import dataclasses
 import json
 import logging
 import os
+import sys
 from contextlib import contextmanager
 
+import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -156,6 +161,43 @@ def ratio_study(study: StudyConfig = StudyConfig()):
     return report_uri
 
 
+def api_lost(error: BaseException | None) -> bool:
+    """Whether `error`, or an error that led to it, is the Prefect API not answering: refused, reset
+    or timed-out connections, or a server error (5xx) from a server going down."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, httpx.TransportError) or (
+                isinstance(error, httpx.HTTPStatusError) and error.response.status_code >= 500):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class ApiLossInOneLine(logging.Filter):
+    """Prefect logs each call that finds its API gone with a traceback; a line says as much."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and api_lost(record.exc_info[1]):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def report_without_prefect(study: StudyConfig, lost: BaseException) -> str:
+    """The line to end with once the API is gone: the report built from what the jobs wrote, or the
+    command that builds it."""
+    run_uri = join(study.out, study.run_id)
+    why = f"the Prefect API went away mid-study ({type(lost).__name__}: {' '.join(str(lost).split())[:200]})"
+    try:
+        written = report.write_report(run_uri)
+    except RatioCnnError as e:
+        return (f"flows.study: error: {why}, and no report could be built from what the jobs wrote ({e}): "
+                f"once they are done, run `ratio-cnn report --run {run_uri}`")
+    unfinished = [f"1:{ratio_name(r.ratio)}" for r in written.results if not r.metrics]
+    rest = f"; ratios {', '.join(unfinished)} did not finish: it says why" if unfinished else ""
+    return f"flows.study: error: {why}; the report was built from what the jobs wrote: {written.uri}{rest}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """`make study`: the synthetic dataset if missing, then the study (in-process by default)."""
     from ratio_cnn.train import pick_device
@@ -169,10 +211,21 @@ def main(argv: list[str] | None = None) -> None:
     if study.data == StudyConfig.data and not open_storage(study.data).exists(MANIFEST):
         print(f"making the synthetic dataset in {study.data} (about 30 s)", flush=True)
         make_synthetic_dataset(study.data)
-    state = ratio_study(study, return_state=True)
-    if not state.is_completed():
+    for handler in logging.getLogger().handlers:  # Prefect's console
+        handler.addFilter(ApiLossInOneLine())
+    try:
+        state = ratio_study(study, return_state=True)
+        uri = state.result() if state.is_completed() else None
+    except Exception as e:
+        if not api_lost(e):
+            raise
+        # Printed at exit, after Prefect's own shutdown has given up on the lost API (it logs for a
+        # while): the line a person reads last.
+        atexit.register(print, report_without_prefect(study, e), file=sys.stderr)
+        raise SystemExit(1) from None
+    if uri is None:
         raise SystemExit(f"\nthe study failed: {state.message}")
-    print(f"\nreport: {state.result()}")
+    print(f"\nreport: {uri}")
 
 
 if __name__ == "__main__":

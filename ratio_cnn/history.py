@@ -1,5 +1,6 @@
 """Nightly history: each run against the previous complete run on the same data and
-configuration, and an index of every run under `<out>/`.
+configuration, and an index of every run under `<out>/`. The same data means the same data
+digest: the manifest and the content of every image the jobs used (provenance.py).
 
 Every report leaves a run record, `<out>/<run-id>/summary.json` (its data, configuration
 and headline metrics); the index (`<out>/index.md`) is rebuilt from all of them, so two
@@ -38,7 +39,8 @@ def run_record(run_id: str, finished: str, complete: bool, a: Analysis, first_me
     headline = {f"{cell.label} {name}": {m: cell.seed_intervals["test"][m].to_dict() for m in HEADLINE}
                 for (ratio, name), cell in a.cells.items()}
     return {"run_id": run_id, "finished": finished, "complete": complete,
-            "data": {"uri": first_metrics["data"]["uri"], "manifest_digest": first_metrics["data"]["manifest_digest"]},
+            "data": {"uri": first_metrics["data"]["uri"], "manifest_digest": first_metrics["data"]["manifest_digest"],
+                     "data_digest": first_metrics["data"].get("data_digest")},  # jobs before issue 15 lack it
             "config_key": config_key(first_metrics["config"]), "config": first_metrics["config"],
             "ratios": [c.label for c in a.cells.values()], "headline": headline}
 
@@ -59,7 +61,7 @@ def run_records(out: Storage) -> list[dict]:
 def previous_run(out: Storage, current: dict) -> dict | None:
     """The newest complete run before this one on the same data and configuration."""
     same = [s for s in run_records(out) if s.get("complete") and s.get("run_id") != current["run_id"]
-            and s.get("data", {}).get("manifest_digest") == current["data"]["manifest_digest"]
+            and current["data"]["data_digest"] and s.get("data", {}).get("data_digest") == current["data"]["data_digest"]
             and s.get("config_key") == current["config_key"] and str(s.get("finished")) < current["finished"]]
     return same[-1] if same else None
 

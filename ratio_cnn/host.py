@@ -1,7 +1,8 @@
-"""This machine: the UTC clock, atomic file writes, and whether a process still lives.
+"""This machine: the UTC clock, atomic file writes, whether a process still lives, JSON read within bounds.
 
 Helpers that several modules need and that know nothing of training or storage layouts.
 """
+import json
 import os
 import secrets
 from datetime import datetime, timezone
@@ -49,3 +50,32 @@ def process_alive(pid: int, start: str) -> bool:
         return True
     now = process_start(pid)
     return not start or not now or now == start
+
+
+JSON_MAX_BYTES = 64 * 2**20  # far above any JSON ratio-cnn writes (a job's metrics.json: tens of kB)
+JSON_MAX_DEPTH = 32  # ratio-cnn's own JSON nests 7 levels at most
+
+
+def parse_json(raw: bytes, finite: bool = True) -> object:
+    """JSON as ratio-cnn writes it, read within bounds: ValueError saying why for invalid JSON, more
+    than JSON_MAX_BYTES, nesting deeper than JSON_MAX_DEPTH (never a RecursionError), or, when `finite`,
+    NaN or Infinity (json.loads accepts them; a job's own metrics may hold them, the report's may not)."""
+    def refuse(constant):
+        raise ValueError(f"non-finite number {constant}")
+
+    if len(raw) > JSON_MAX_BYTES:
+        raise ValueError(f"{len(raw):,} bytes, more than the {JSON_MAX_BYTES:,} allowed")
+    try:
+        value = json.loads(raw, parse_constant=refuse if finite else None)
+    except RecursionError:
+        value = None  # deeper than Python's recursion limit: certainly deeper than allowed
+    else:
+        deepest, todo = 0, [(value, 1)]
+        while todo and deepest <= JSON_MAX_DEPTH:
+            item, depth = todo.pop()
+            if isinstance(item, (dict, list)):
+                deepest = max(deepest, depth)
+                todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+        if deepest <= JSON_MAX_DEPTH:
+            return value
+    raise ValueError(f"nested deeper than the {JSON_MAX_DEPTH} levels allowed")

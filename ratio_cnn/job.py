@@ -113,9 +113,11 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     load_seconds = time.perf_counter() - started
     log.info("%s: %d images ready (%d downloaded, %d decoded, the rest from the cache) in %.1f s", title,
              len(dataset.loaded.names), dataset.loaded.downloaded, dataset.loaded.decoded, load_seconds)
-    record = provenance.data_record(dataset.manifest_digest, dataset.loaded.content, {
-        seed: {split: [dataset.loaded.names[i] for i in r.tolist()] for split, r in rows.items()}
-        for seed, rows in dataset.rows.items()})
+    splits = {seed: {split: [dataset.loaded.names[i] for i in r.tolist()] for split, r in rows.items()}
+              for seed, rows in dataset.rows.items()}
+    eval_digests = {name: e.described["data_digest"] for name, e in dataset.extra.items()
+                    if "data_digest" in e.described}  # a --holdout set's images are among the job's own
+    record = provenance.data_record(dataset.manifest_digest, dataset.loaded.content, splits, eval_digests)
     folder.bind_data(record)  # a resumed job stops here unless it reads what the earlier attempt read
 
     # -------------------------------------------------------------------------
@@ -249,7 +251,8 @@ def load_eval_set(cfg: TrainConfig, name: str, uri: str, trained: set[str], dead
     split = Split(loaded.images, labels, loaded.names, manifest.set_index("image")[data.metadata_columns(manifest)]
                   .reindex(loaded.names))
     return EvalSet(split, {"uri": source.uri, "counts": label_counts(labels), "overlap_with_train": overlap,
-                           "skipped_images": loaded.skipped})
+                           "skipped_images": loaded.skipped,
+                           "data_digest": provenance.data_digest(data.digest(raw_manifest), loaded.content)})
 
 
 def select_rows(images: torch.Tensor, labels: torch.Tensor, names: list[str], rows: torch.Tensor,

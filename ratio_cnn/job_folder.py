@@ -1,8 +1,10 @@
 """One job's folder, <out>/<run-id>/ratio-<N>/, its one owner, and what is written there.
 
-    claim.json                    who owns the folder: host, pid, flow run, start, heartbeat, state
+    claim.json                    who owns the folder: host, pid, flow run, start, heartbeat, state, data digests
+    data.json                     what the job reads (provenance.py), written before training; a resume must match it
     <strategy>/<model>/seed-<s>/  history.csv, predictions.csv, model.pt, then metrics.json (the seed is done)
-                                  checkpoint.pt while the seed trains (removed when it is done)
+                                  checkpoint.pt while the seed trains (removed when it is done);
+                                  checkpoint-unloadable-<time>.pt: one that could not be loaded, kept aside
     <strategy>/<model>/           figures of the variant, written once all its seeds are done
     metrics.json                  written last: the job finished
     error.json                    written instead when it failed or was stopped
@@ -17,7 +19,9 @@ and error.json never both describe one job.
 Outputs of a seed are written to a local staging folder first (under the cache folder, else
 the system's temporary folder; one per job, named after its storage path) and uploaded from
 there; if the upload fails they stay staged, and a resumed job on this machine uploads them
-without training again.
+without training again. Temp files of writes that were killed (local storage) are removed when
+a job resumes the folder and when it finishes. Whatever an earlier attempt left that cannot be
+read (a damaged seed's outputs, staged files, a checkpoint) is logged and made again, never trusted.
 """
 import io
 import json
@@ -34,14 +38,17 @@ from typing import Callable
 
 import pandas as pd
 
+from ratio_cnn import provenance
 from ratio_cnn.config import OPERATIONAL
 from ratio_cnn.errors import RatioCnnError, StorageUnavailable, Terminated
-from ratio_cnn.host import age_seconds, process_alive, process_start, utc_now
+from ratio_cnn.host import (JSON_MAX_BYTES, age_seconds, parse_json, process_alive, process_start, utc_now,
+                            write_atomically)
+from ratio_cnn.stats import METRICS as METRIC_NAMES
 from ratio_cnn.storage import Storage
 
 log = logging.getLogger(__name__)
 
-CLAIM, METRICS, ERROR = "claim.json", "metrics.json", "error.json"
+CLAIM, METRICS, ERROR, DATA = "claim.json", "metrics.json", "error.json", "data.json"
 CHECKPOINT = "checkpoint.pt"
 SEED_FILES = ("history.csv", "predictions.csv", "model.pt")  # then the seed's metrics.json
 HEARTBEAT_SECONDS = 20  # how often a running job refreshes its claim
@@ -83,6 +90,7 @@ class JobFolder:
                       "flow_run": flow_run, "token": secrets.token_hex(8)}
         self._version: str | None = None  # of claim.json as this job last wrote it
         self._claim: dict = {}
+        self._record: dict = {}  # data.json, once bound
         self._lost: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -113,10 +121,14 @@ class JobFolder:
             return
         raw, version = self.out.get_versioned(self.key(CLAIM))
         try:
-            held = json.loads(raw)
+            held = parse_json(raw)
             owner, state = held["owner"], held["state"]
+            if not (isinstance(owner, dict) and isinstance(state, str) and isinstance(held.get("config", {}), dict)):
+                raise TypeError
         except (ValueError, KeyError, TypeError):
-            held, owner, state = {}, {}, "unreadable"
+            raise RatioCnnError(f"{self.describe(CLAIM)} is damaged: it no longer says who owns the folder or with "
+                                "which options it was started; if no job runs there, remove it and resume with "
+                                "the options the job was started with, or pick another --run-id") from None
         gone = owner_gone(held)
         who = (f"host {owner.get('host')} pid {owner.get('pid')}"
                + (f" (flow run {owner['flow_run']})" if owner.get("flow_run") else "")
@@ -139,6 +151,32 @@ class JobFolder:
         self._learn_version()
         self.out.delete(self.key(ERROR))  # this attempt replaces the failed one
         log.info("resuming %s (it %s)", self.describe(), "lost its owner" if state == "running" else state)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Temp files of writes that were killed, in the folder this job owns."""
+        for key in self.out.remove_leftovers(self.prefix):
+            log.info("removed %s, left by a write that was interrupted", self.out.describe(key))
+
+    def bind_data(self, record: dict) -> None:
+        """Record what this job reads (data.json, written once before training, and its digests in the
+        claim); when data.json is there already, stop unless this job reads what the earlier attempt did."""
+        key = self.key(DATA)
+        if self.out.exists(key):
+            try:
+                before = parse_json(self.out.get(key, JSON_MAX_BYTES))
+            except ValueError:
+                before = None  # check_same_data says it cannot tell
+            provenance.check_same_data(before, record, self.describe(DATA))
+        else:
+            self.check_owner()
+            self._put(key, json.dumps(record).encode())
+        self._set_state(data=provenance.claim_binding(record))
+        self._record = record
+
+    def trained_on(self, seed: int) -> dict:
+        """What a checkpoint of `seed` records it was trained on (bind_data first)."""
+        return provenance.seed_binding(self._record, seed)
 
     def _learn_version(self) -> None:
         """The version of the claim this job just wrote, checked to hold this job's token."""
@@ -181,6 +219,7 @@ class JobFolder:
 
     def finish(self, metrics: dict) -> None:
         self.check_owner()
+        self._remove_leftovers()
         self._put(self.key(METRICS), json.dumps(metrics, indent=2).encode())
         self._stop.set()
         self._set_state(state="finished", heartbeat=utc_now())
@@ -199,7 +238,8 @@ class JobFolder:
         else:
             state, reason = "stopped", f"stopped by {type(error).__name__}"
         record = {"state": state, "error": reason, "type": type(error).__name__, "at": utc_now(),
-                  "resume": "ratio-cnn train … --resume (same options) continues from the last checkpoint"}
+                  "resume": None if isinstance(error, provenance.DataChanged) else
+                  "ratio-cnn train … --resume (same options) continues from the last checkpoint"}
         try:
             self.out.put(self.key(ERROR), json.dumps(record, indent=2).encode())
             self._set_state(state=state, heartbeat=utc_now())
@@ -213,9 +253,22 @@ class JobFolder:
         return self.key(variant, f"seed-{seed}", name)
 
     def seed_done(self, variant: str, seed: int) -> dict | None:
-        """The seed's metrics.json if an earlier attempt finished it."""
+        """The seed's metrics.json if an earlier attempt finished it; None (train it again) when that
+        or its history.csv cannot be read."""
         key = self._seed_key(variant, seed, METRICS)
-        return json.loads(self.out.get(key)) if self.out.exists(key) else None
+        if not self.out.exists(key):
+            return None
+        try:
+            metrics = parse_json(self.out.get(key, JSON_MAX_BYTES), finite=False)
+            if not (isinstance(metrics, dict) and all(
+                    isinstance(metrics.get(s), dict) and set(METRIC_NAMES) <= set(metrics[s]) for s in ("val", "test"))):
+                raise ValueError("it lacks the val and test metrics")
+            if "epoch" not in self.seed_history(variant, seed).columns:
+                raise ValueError("its history.csv has no epoch column")
+        except ValueError as e:  # pandas' parser errors are ValueErrors too
+            log.warning("%s cannot be read (%s): training that seed again", self.out.describe(key), str(e)[:200])
+            return None
+        return metrics
 
     def seed_history(self, variant: str, seed: int) -> pd.DataFrame:
         """The history.csv of a seed an earlier attempt finished: one row per epoch."""
@@ -224,6 +277,17 @@ class JobFolder:
     def load_checkpoint(self, variant: str, seed: int) -> bytes | None:
         key = self._seed_key(variant, seed, CHECKPOINT)
         return self.out.get(key) if self.out.exists(key) else None
+
+    def describe_checkpoint(self, variant: str, seed: int) -> str:
+        return self.out.describe(self._seed_key(variant, seed, CHECKPOINT))
+
+    def set_checkpoint_aside(self, variant: str, seed: int, raw: bytes) -> str:
+        """Keep a checkpoint that cannot be loaded under another name, out of every resume's way; where."""
+        self.check_owner()
+        aside = self._seed_key(variant, seed, f"checkpoint-unloadable-{utc_now()[:19].replace(':', '')}.pt")
+        self._put(aside, raw)
+        self._ride_out_outage(lambda: self.out.delete(self._seed_key(variant, seed, CHECKPOINT)))
+        return self.out.describe(aside)
 
     def save_checkpoint(self, variant: str, seed: int, data: bytes) -> None:
         self.check_owner()
@@ -238,7 +302,7 @@ class JobFolder:
         stage.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (stage / name).write_bytes(data)
-        (stage / METRICS).write_text(json.dumps(metrics, indent=2))  # last: the stage is complete
+        write_atomically(stage / METRICS, json.dumps(metrics, indent=2).encode())  # last: the stage is complete
         self.upload_staged(variant, seed)
 
     def upload_staged(self, variant: str, seed: int) -> dict | None:
@@ -246,11 +310,19 @@ class JobFolder:
         stage = self.stage(variant, seed)
         if not (stage / METRICS).is_file():
             return None
+        try:
+            metrics = parse_json((stage / METRICS).read_bytes(), finite=False)
+            missing = [name for name in SEED_FILES if not (stage / name).is_file()]
+            if missing:
+                raise ValueError(f"{', '.join(missing)} missing")
+        except (OSError, ValueError) as e:
+            log.warning("the staged outputs in %s cannot be read (%s): training that seed again", stage, str(e)[:200])
+            shutil.rmtree(stage, ignore_errors=True)
+            return None
         self.check_owner()
         for name in (*SEED_FILES, METRICS):
             self._put(self._seed_key(variant, seed, name), (stage / name).read_bytes())
         self._ride_out_outage(lambda: self.out.delete(self._seed_key(variant, seed, CHECKPOINT)))
-        metrics = json.loads((stage / METRICS).read_text())
         shutil.rmtree(stage, ignore_errors=True)
         return metrics
 

@@ -6,7 +6,6 @@ is not what a job writes (unreadable JSON, missing fields, non-finite numbers, n
 leave the folder) is reported as a one-line error naming the object.
 """
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import pandas as pd
 
 from ratio_cnn.config import NAME, ratio_name
 from ratio_cnn.errors import RatioCnnError
+from ratio_cnn.host import JSON_MAX_BYTES, parse_json
 from ratio_cnn.job_folder import CLAIM, ERROR, METRICS, owner_gone
 from ratio_cnn import stats
 from ratio_cnn.storage import Storage
@@ -50,13 +50,10 @@ class RatioResult:
 
 
 def load_json(storage: Storage, key: str) -> dict:
-    """A JSON object, refusing NaN and Infinity (json.loads accepts them)."""
-    def refuse(constant):
-        raise ValueError(f"non-finite number {constant}")
-
+    """A JSON object, read within bounds (host.parse_json: size, depth, no NaN or Infinity)."""
     try:
-        value = json.loads(storage.get(key), parse_constant=refuse)
-    except (ValueError, UnicodeDecodeError) as e:
+        value = parse_json(storage.get(key, max_bytes=JSON_MAX_BYTES))
+    except ValueError as e:
         raise RatioCnnError(f"{storage.describe(key)} is not valid JSON ({e}): it was not written by ratio-cnn, "
                             "or was damaged; rerun that job or remove the file") from None
     if not isinstance(value, dict):

@@ -2,8 +2,9 @@
 
 `open_storage("results")`, `open_storage("file:///data/x")` or
 `open_storage("s3://bucket/prefix")` gives a `Storage` whose keys are relative to that
-root. S3 is configured the standard AWS way (environment, profile, AWS_ENDPOINT_URL
-for MinIO or any S3-compatible endpoint). No other module knows which backend it talks to.
+root; `overlaps(a, b)` says whether two such roots share any object. S3 is configured the
+standard AWS way (environment, profile, AWS_ENDPOINT_URL for MinIO or any S3-compatible
+endpoint). No other module knows which backend it talks to.
 
 Every failure is a `RatioCnnError` naming the object; one worth retrying (timeouts, dropped
 connections, 5xx, throttling) is a `StorageUnavailable`. No call waits longer than a few
@@ -92,11 +93,17 @@ class Storage:
         """Every key under prefix with its version, as `get_versioned` gives it: it changes with the content."""
         raise NotImplementedError
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; with `max_bytes`, an object larger than that is refused unread."""
         raise NotImplementedError
 
     def put(self, key: str, data: bytes) -> None:
         raise NotImplementedError
+
+    def remove_leftovers(self, prefix: str) -> list[str]:
+        """Remove what interrupted writes left under `prefix` (none on S3, whose puts are whole or
+        absent); the caller must own the prefix: a write in flight there would lose its temp file."""
+        return []
 
     def exists(self, key: str) -> bool:
         raise NotImplementedError
@@ -134,6 +141,10 @@ class Storage:
             shown = key if len(key) <= 100 else key[:60] + "…"
             raise RatioCnnError(f"{'prefix' if prefix else 'key'} {shown!r} under {self.uri} {problem}: {KEY_RULE}")
         return key
+
+    def _too_large(self, key: str, max_bytes: int) -> RatioCnnError:
+        return RatioCnnError(f"{self.describe(key)} is larger than {max_bytes:,} bytes, more than ratio-cnn ever "
+                             "writes there: it was damaged or is not what it claims to be; remove or replace it")
 
     def _concurrently(self, work: Callable[[str], object], keys: list[str], workers: int,
                       deadline: float | None, verb: str) -> dict:
@@ -211,24 +222,30 @@ class LocalStorage(Storage):
                 versions[path.relative_to(self.root).as_posix()] = self._version(st)
         return versions
 
-    def get(self, key: str) -> bytes:
-        return self.get_versioned(key)[0]
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return self.get_versioned(key, max_bytes)[0]
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         path = self._path(key)
         try:
             with open(path, "rb") as f:
+                data = f.read() if max_bytes is None else f.read(max_bytes + 1)
                 # the version of the file actually read: writers replace it, never change it in place
-                return f.read(), self._version(os.fstat(f.fileno()))
+                version = self._version(os.fstat(f.fileno()))
         except FileNotFoundError:
             raise RatioCnnError(f"{self.describe(key)} does not exist") from None
         except OSError as e:
             raise RatioCnnError(f"cannot read {self.describe(key)}: {e.strerror or e}") from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise self._too_large(key, max_bytes)
+        return data, version
 
     @staticmethod
     def _version(st: os.stat_result) -> str:
         # The inode too: every write here makes a new file, and mtime ticks only every few ms on many kernels.
-        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        # The ctime too: a file rewritten in place with its size and mtime set back (os.utime) gets a new
+        # ctime, which no call can set back; see docs/reliability.md for what this cannot see.
+        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}"
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
         """Write data beside path under a unique hidden name, removed again if writing fails (a full disk)."""
@@ -298,6 +315,22 @@ class LocalStorage(Storage):
             self._path(key).unlink(missing_ok=True)
         except OSError as e:
             raise RatioCnnError(f"cannot delete {self.describe(key)}: {e.strerror or e}") from None
+
+    def remove_leftovers(self, prefix: str) -> list[str]:
+        """The temp files of writes killed before their rename (`_write_temp`'s `.tmp-*`), removed."""
+        removed = []
+        for folder, _, names in os.walk(self._path(prefix, prefix=True)):
+            for name in names:
+                if name.startswith(".tmp-"):
+                    path = Path(folder, name)
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                    except OSError as e:
+                        raise RatioCnnError(f"cannot remove the leftover {path}: {e.strerror or e}") from None
+                    removed.append(path.relative_to(self.root).as_posix())
+        return removed
 
 
 class S3Storage(Storage):
@@ -388,13 +421,18 @@ class S3Storage(Storage):
                 versions.update((obj["Key"][strip:], obj["ETag"]) for obj in page.get("Contents", []))
         return versions
 
-    def get(self, key: str) -> bytes:
-        return self.get_versioned(key)[0]
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return self.get_versioned(key, max_bytes)[0]
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        # With a bound, the first max_bytes + 1 bytes only: enough to tell an object that is too large.
+        bounded = {} if max_bytes is None else {"Range": f"bytes=0-{max_bytes}"}
         with self._errors("read", key):
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return response["Body"].read(), response["ETag"]
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **bounded)
+            data, version = response["Body"].read(), response["ETag"]
+        if max_bytes is not None and len(data) > max_bytes:
+            raise self._too_large(key, max_bytes)
+        return data, version
 
     def put(self, key: str, data: bytes) -> None:
         with self._errors("write", key):
@@ -470,6 +508,33 @@ def error_code(e) -> tuple[str, int]:
 
 def one_line(e: Exception) -> str:
     return " ".join(str(e).split())
+
+
+def _place(uri: str) -> tuple[str, list[str]]:
+    """("s3:<bucket>", the prefix's names) or ("local", the names of the real path, links resolved)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        where, path = f"s3:{parsed.netloc}", parsed.path
+    else:
+        where, path = "local", os.path.realpath(parsed.path if parsed.scheme == "file" else uri)
+    return where, [name for name in path.split("/") if name]
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether storage URIs `a` and `b` are the same root or one lies inside the other: local paths
+    after resolving links, S3 by bucket and prefix (on one endpoint, as every S3 URI of a job is)."""
+    (where_a, names_a), (where_b, names_b) = _place(a), _place(b)
+    shorter = min(len(names_a), len(names_b))
+    return where_a == where_b and names_a[:shorter] == names_b[:shorter]
+
+
+def check_apart(reads: str, writes: str, read_flag: str, write_flag: str) -> None:
+    """Refuse a command that would write into what it reads, or around it: one line naming both."""
+    if overlaps(reads, writes):
+        depth = len(_place(writes)[1]) - len(_place(reads)[1])
+        how = "is" if depth == 0 else "lies inside" if depth > 0 else "contains"
+        raise RatioCnnError(f"{write_flag} {writes} {how} {read_flag} {reads}: a command never writes where it "
+                            f"reads; pick a {write_flag} outside {reads}")
 
 
 def open_storage(uri: str, timeout: float = 10.0) -> Storage:

@@ -97,7 +97,7 @@ def write_job(run: Path, ratio: float, logits: dict[int, tuple[np.ndarray, np.nd
             "config": {"ratio": ratio, "epochs": 5, "batch_size": 32, "lr": 1e-4, "seeds": sorted(logits),
                        "threshold": 0.5, "sample": "fixed", "strategies": [strategy], "models": [model],
                        **(config or {})},
-            "data": {"uri": "data/x", "manifest_digest": "sha256:" + "ab" * 32, "skipped_images": [],
+            "data": {"uri": "data/x", "manifest_digest": "sha256:" + "ab" * 32, "data_digest": "sha256:" + "cd" * 32, "skipped_images": [],
                      "counts": {"train": {"malignant": train_malignant, "benign": benign}, "val": counts,
                                 "test": counts}, **(data or {})},
             "variants": [entry], "environment": {"device": "cpu", "torch": "2", "precision": "fp32"},
