@@ -82,6 +82,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+def one_error_line(result: subprocess.CompletedProcess, *names: str) -> str:
+    """The CLI failed as a user error should: exit 2, no traceback, one last line naming each of `names`."""
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ratio-cnn: error:"), last
+    for name in names:
+        assert name in last, f"{name!r} not in: {last}"
+    return last
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real `ratio-cnn` command, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "ratio_cnn.cli", *args], capture_output=True, text=True,

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import SMALL_SPLITS, run_cli
+from conftest import SMALL_SPLITS, one_error_line, run_cli
 from ratio_cnn import checkpoint, provenance
 from ratio_cnn.cache import ROW_BYTES
 from ratio_cnn.config import StudyConfig, StudyOptions, TrainConfig
@@ -33,18 +33,7 @@ from ratio_cnn.storage import LocalStorage, open_storage, overlaps
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--batch-size", "16", "--workers", "4", "--device", "cpu", *SMALL_SPLITS]
-PREFIX = "ratio-cnn: error:"
 DEEP = b"[" * 100_000 + b"]" * 100_000
-
-
-def one_error_line(result: subprocess.CompletedProcess, *names: str) -> str:
-    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(PREFIX), last
-    for name in names:
-        assert name in last, f"{name!r} not in: {last}"
-    return last
 
 
 def wait_for(condition, timeout: float = 300, what: str = "") -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import SMALL_SPLITS, run_cli
+from conftest import SMALL_SPLITS, one_error_line, run_cli
 from faults import CUT, FORWARD, HANG, CuttingProxy, SilentServer
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--batch-size", "16", "--workers", "4", "--device", "cpu", *SMALL_SPLITS]
-PREFIX = "ratio-cnn: error:"
 
 
 def start_cli(*args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -36,16 +35,6 @@ def wait_for(condition, timeout: float = 120, what: str = "") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def one_error_line(result: subprocess.CompletedProcess, *names: str) -> str:
-    assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(PREFIX), last
-    for name in names:
-        assert name in last, f"{name!r} not in: {last}"
-    return last
 
 
 def seed_metrics(job: Path, seed: int = 0) -> dict:
