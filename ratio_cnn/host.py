@@ -1,4 +1,5 @@
-"""This machine: the UTC clock, atomic file writes, whether a process still lives, JSON read within bounds.
+"""This machine: the UTC clock, atomic file writes, whether a process still lives, JSON read within bounds,
+byte counts as a person reads them.
 
 Helpers that several modules need and that know nothing of training or storage layouts.
 """
@@ -79,3 +80,12 @@ def parse_json(raw: bytes, finite: bool = True) -> object:
         if deepest <= JSON_MAX_DEPTH:
             return value
     raise ValueError(f"nested deeper than the {JSON_MAX_DEPTH} levels allowed")
+
+
+def human_bytes(n: float) -> str:
+    """512 B, 3.4 MB, 1.2 GB: decimal units, as disks and object stores bill them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -83,14 +83,45 @@ def key_problem(key: str, prefix: bool = False) -> str | None:
     return None
 
 
+class Traffic:
+    """Objects and bytes one Storage read and wrote (a job's costs); safe across its transfer threads."""
+
+    def __init__(self) -> None:
+        self.objects_read = self.bytes_read = self.objects_written = self.bytes_written = 0
+        self._lock = threading.Lock()
+
+    def read(self, data: bytes) -> None:
+        with self._lock:
+            self.objects_read += 1
+            self.bytes_read += len(data)
+
+    def wrote(self, data: bytes) -> None:
+        with self._lock:
+            self.objects_written += 1
+            self.bytes_written += len(data)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"objects_read": self.objects_read, "bytes_read": self.bytes_read,
+                "objects_written": self.objects_written, "bytes_written": self.bytes_written}
+
+
 class Storage:
     uri: str
+    traffic: Traffic  # every get and put through this object, counted
 
     def list(self, prefix: str = "") -> list[str]:
         return sorted(self.list_versions(prefix))
 
     def list_versions(self, prefix: str = "") -> dict[str, str]:
         """Every key under prefix with its version, as `get_versioned` gives it: it changes with the content."""
+        return {key: version for key, (version, _) in self.list_objects(prefix).items()}
+
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """Every key under prefix with its size in bytes."""
+        return {key: size for key, (_, size) in self.list_objects(prefix).items()}
+
+    def list_objects(self, prefix: str = "") -> dict[str, tuple[str, int]]:
+        """Every key under prefix -> (version, size)."""
         raise NotImplementedError
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
@@ -111,6 +142,11 @@ class Storage:
     def delete(self, key: str) -> None:
         """Remove one object; nothing happens if it is not there."""
         raise NotImplementedError
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove these objects (absent ones are no error); the first failure stops the rest."""
+        for key in keys:
+            self.delete(key)
 
     def create(self, key: str, data: bytes) -> bool:
         """Write only if nothing is there: True if this call created it, False if it already existed."""
@@ -199,6 +235,7 @@ class LocalStorage(Storage):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uri = str(root)
+        self.traffic = Traffic()
 
     def _path(self, key: str, prefix: bool = False) -> Path:
         path = self.root / self.check_key(key, prefix)
@@ -208,8 +245,8 @@ class LocalStorage(Storage):
                                 "replace the link with the file itself, or open the storage at the target")
         return path
 
-    def list_versions(self, prefix: str = "") -> dict[str, str]:
-        root, versions = self.root.resolve(), {}
+    def list_objects(self, prefix: str = "") -> dict[str, tuple[str, int]]:
+        root, found = self.root.resolve(), {}
         for folder, _, names in os.walk(self._path(prefix, prefix=True)):  # does not follow linked folders
             for name in names:
                 path = Path(folder, name)
@@ -219,8 +256,8 @@ class LocalStorage(Storage):
                     st = path.stat()
                 except OSError:
                     continue  # removed since the walk saw it, or a broken link
-                versions[path.relative_to(self.root).as_posix()] = self._version(st)
-        return versions
+                found[path.relative_to(self.root).as_posix()] = (self._version(st), st.st_size)
+        return found
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         return self.get_versioned(key, max_bytes)[0]
@@ -238,6 +275,7 @@ class LocalStorage(Storage):
             raise RatioCnnError(f"cannot read {self.describe(key)}: {e.strerror or e}") from None
         if max_bytes is not None and len(data) > max_bytes:
             raise self._too_large(key, max_bytes)
+        self.traffic.read(data)
         return data, version
 
     @staticmethod
@@ -270,6 +308,7 @@ class LocalStorage(Storage):
                 raise
         except OSError as e:
             raise RatioCnnError(f"cannot write {self.describe(key)}: {e.strerror or e}") from None
+        self.traffic.wrote(data)
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
@@ -277,6 +316,7 @@ class LocalStorage(Storage):
             tmp = self._write_temp(path, data)
             try:
                 os.link(tmp, path)  # atomic, and fails if the name exists: exactly one creator wins
+                self.traffic.wrote(data)
                 return True
             except FileExistsError:
                 return False
@@ -303,6 +343,7 @@ class LocalStorage(Storage):
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     raise
+                self.traffic.wrote(data)
                 return True
         except OSError as e:
             raise RatioCnnError(f"cannot replace {self.describe(key)}: {e.strerror or e}") from None
@@ -341,6 +382,7 @@ class S3Storage(Storage):
 
         self.bucket, self.prefix, self.timeout = bucket, prefix.strip("/"), timeout
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.traffic = Traffic()
         config = Config(
             # 3 tries of `timeout` each (a PUT adds 1 s per try waiting for "100 Continue"), with under
             # 3 s of back-off: a silent endpoint fails in ~35 s by default. Longer outages are for the
@@ -411,15 +453,15 @@ class S3Storage(Storage):
         except bx.BotoCoreError as e:  # bad parameters or configuration: no retry helps
             raise RatioCnnError(f"S3 client error trying to {action} {where}: {one_line(e)}") from None
 
-    def list_versions(self, prefix: str = "") -> dict[str, str]:
-        versions = {}
+    def list_objects(self, prefix: str = "") -> dict[str, tuple[str, int]]:
+        found = {}
         strip = len(self.prefix) + 1 if self.prefix else 0
         with self._errors("list", prefix):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self._key(prefix, prefix=True))
             for page in pages:
-                versions.update((obj["Key"][strip:], obj["ETag"]) for obj in page.get("Contents", []))
-        return versions
+                found.update((obj["Key"][strip:], (obj["ETag"], obj["Size"])) for obj in page.get("Contents", []))
+        return found
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         return self.get_versioned(key, max_bytes)[0]
@@ -432,11 +474,13 @@ class S3Storage(Storage):
             data, version = response["Body"].read(), response["ETag"]
         if max_bytes is not None and len(data) > max_bytes:
             raise self._too_large(key, max_bytes)
+        self.traffic.read(data)
         return data, version
 
     def put(self, key: str, data: bytes) -> None:
         with self._errors("write", key):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self.traffic.wrote(data)
 
     def create(self, key: str, data: bytes) -> bool:
         return self._conditional_put("create", key, data, IfNoneMatch="*")
@@ -450,6 +494,7 @@ class S3Storage(Storage):
         with self._errors(action, key):
             try:
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+                self.traffic.wrote(data)
                 return True
             except ClientError as e:
                 code, status = error_code(e)
@@ -498,6 +543,20 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         with self._errors("delete", key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Batch deletes: 1,000 keys per request (S3's limit)."""
+        keys = [self.check_key(key) for key in keys]
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            with self._errors("delete", batch[0]):
+                response = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": self._key(key)} for key in batch], "Quiet": True})
+            if errors := response.get("Errors"):
+                first = errors[0]
+                raise RatioCnnError(f"S3 at {self.client.meta.endpoint_url} could not delete {len(errors)} of "
+                                    f"{len(batch)} objects, the first s3://{self.bucket}/{first.get('Key')} "
+                                    f"({first.get('Code')}: {first.get('Message')}): check the bucket's permissions")
 
 
 def error_code(e) -> tuple[str, int]:
