@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from ratio_cnn.cache import DecodedImages, ObjectCache, content_hash
+from ratio_cnn.cache import DecodedImages, ObjectCache, cache_limit, content_hash, enforce_limit
 from ratio_cnn.config import TrainConfig, ratio_name
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.model import IMAGE_SIZE
@@ -387,15 +387,18 @@ def load_images(
     workers: int,
     deadline: float,
     max_skipped: float,
+    cache_max_gb: float = 0.0,
 ) -> LoadedImages:
     """Every image a job needs, decoded, with the content hash of each; only what the cache lacks
     (or holds damaged: cache.py checks every read) is fetched and decoded.
 
     `versions` (key -> ETag, or a local file's inode, size, mtime and ctime) say whether a cached
-    copy is still current.
+    copy is still current. Then the cache is brought under `cache_max_gb` (0: a quarter of its disk),
+    least recently used first, keeping what this job used.
     """
     row_of = {name: i for i, name in enumerate(manifest["image"])}
     objects, decoded_cache = _object_cache(cache, storage), None
+    limit = cache_limit(cache, cache_max_gb, len(names)) if objects else 0  # too small: stop before any fetch
     if objects:
         try:
             decoded_cache = DecodedImages(cache, storage.uri, manifest_digest, len(manifest))
@@ -403,42 +406,16 @@ def load_images(
             log.warning("not caching decoded images in %s: %s", cache, e)
     # One array for the result, filled in place: the decoded images are held once.
     pixels = np.empty((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    content, ready, undecodable = {}, set(), {}  # name -> hash; positions in `names` filled; name -> why
-    with decoded_cache.locked() if decoded_cache else contextlib.nullcontext():
+    content, ready = {}, set()  # name -> hash; positions in `names` filled
+    with contextlib.ExitStack() as held:
+        if objects:
+            held.enter_context(objects.in_use())
         if decoded_cache:
-            known = decoded_cache.known([row_of[n] for n in names], [versions[n] for n in names])
-            cached = [i for i, n in enumerate(names) if row_of[n] in known]
-            damaged = {cached[j] for j in decoded_cache.read([row_of[names[i]] for i in cached], into=pixels, at=cached)}
-            if damaged:
-                shown = sorted(names[i] for i in damaged)
-                log.warning("the decoded cache %s holds %d damaged row(s) (%s%s): decoding them again",
-                            decoded_cache.folder, len(damaged), ", ".join(shown[:5]), ", …" if len(shown) > 5 else "")
-            ready = set(cached) - damaged
-            content = {names[i]: known[row_of[names[i]]] for i in ready}
+            held.enter_context(decoded_cache.locked())
+            ready, content = read_decoded(decoded_cache, [row_of[n] for n in names], names, versions, pixels)
         todo = [i for i in range(len(names)) if i not in ready]
-        raw = {}
-        for i in todo:
-            if objects and (data := objects.get(names[i], versions[names[i]])) is not None:
-                raw[names[i]] = data
-        fetch = [names[i] for i in todo if names[i] not in raw]
-        if fetch:
-            log.info("fetching %d of %d images from %s", len(fetch), len(names), storage.uri)
-            raw |= storage.get_many(fetch, workers=workers, deadline=deadline)
-            if objects:
-                for n in fetch:
-                    objects.put(n, versions[n], raw[n])
-        # A chunk at a time into `pixels`: the decoders' own arrays are freed and their memory
-        # reused at once, instead of a second decoded set the allocator would keep.
-        for start in range(0, len(todo), DECODE_CHUNK):
-            chunk = todo[start : start + DECODE_CHUNK]
-            batch = [raw.pop(names[i]) for i in chunk]
-            content |= {names[i]: content_hash(data) for i, data in zip(chunk, batch)}
-            for i, result in zip(chunk, decode_images(batch, [storage.describe(names[i]) for i in chunk])):
-                if isinstance(result, UndecodableImage):
-                    undecodable[names[i]] = str(result)
-                else:
-                    pixels[i] = result
-                    ready.add(i)
+        fetched, undecodable = fetch_and_decode(storage, objects, names, todo, versions, pixels, content, ready,
+                                                workers, deadline)
         if decoded_cache and todo:
             try:
                 decoded_cache.store([row_of[names[i]] for i in todo], [versions[names[i]] for i in todo],
@@ -446,6 +423,21 @@ def load_images(
                                     at=[i if i in ready else None for i in todo])
             except OSError as e:
                 log.warning("could not cache decoded images in %s: %s", cache, e)
+    if objects:  # the pixels are in memory now: nothing above reads the cache again
+        used = [n for n in (*names, MANIFEST) if n in versions]  # and the manifest it was read from
+        enforce_limit(cache, limit, {objects.path(n, versions[n]) for n in used}
+                      | ({decoded_cache.folder} if decoded_cache else set()))
+    skipped = check_skipped(storage, names, undecodable, max_skipped)
+    keep = sorted(ready)
+    if len(keep) < len(names):
+        pixels = pixels[keep]
+    # (N, 128, 128, 3) viewed as (N, 3, 128, 128): channels-last strides, no copy.
+    return LoadedImages(torch.from_numpy(pixels).permute(0, 3, 1, 2), [names[i] for i in keep], skipped,
+                        downloaded=fetched, decoded=len(todo), content=content)
+
+
+def check_skipped(storage: Storage, names: list[str], undecodable: dict[str, str], max_skipped: float) -> list[str]:
+    """The names that did not decode, each logged; more than --max-skipped allows stops the job."""
     skipped = [n for n in names if n in undecodable]
     for n in skipped:
         log.warning("skipping undecodable image %s", undecodable[n])
@@ -454,9 +446,51 @@ def load_images(
             f"{len(skipped)} of {len(names)} images could not be decoded (first: {storage.describe(skipped[0])}), "
             f"more than the {max_skipped:.1%} --max-skipped allows: replace or remove them from the manifest"
         )
-    keep = sorted(ready)
-    if len(keep) < len(names):
-        pixels = pixels[keep]
-    # (N, 128, 128, 3) viewed as (N, 3, 128, 128): channels-last strides, no copy.
-    return LoadedImages(torch.from_numpy(pixels).permute(0, 3, 1, 2), [names[i] for i in keep], skipped,
-                        downloaded=len(fetch), decoded=len(todo), content=content)
+    return skipped
+
+
+def read_decoded(decoded_cache: DecodedImages, rows: list[int], names: list[str], versions: dict[str, str],
+                 pixels: np.ndarray) -> tuple[set[int], dict[str, str]]:
+    """The images the decoded cache holds from these versions, checked, into `pixels`: the positions in
+    `names` filled, and the content hash of each one's object. Damaged rows are left to decode again."""
+    known = decoded_cache.known(rows, [versions[n] for n in names])
+    cached = [i for i, row in enumerate(rows) if row in known]
+    damaged = {cached[j] for j in decoded_cache.read([rows[i] for i in cached], into=pixels, at=cached)}
+    if damaged:
+        shown = sorted(names[i] for i in damaged)
+        log.warning("the decoded cache %s holds %d damaged row(s) (%s%s): decoding them again",
+                    decoded_cache.folder, len(damaged), ", ".join(shown[:5]), ", …" if len(shown) > 5 else "")
+    ready = set(cached) - damaged
+    return ready, {names[i]: known[rows[i]] for i in ready}
+
+
+def fetch_and_decode(storage: Storage, objects: ObjectCache | None, names: list[str], todo: list[int],
+                     versions: dict[str, str], pixels: np.ndarray, content: dict[str, str], ready: set[int],
+                     workers: int, deadline: float) -> tuple[int, dict[str, str]]:
+    """The images at positions `todo`: from the object cache or storage, hashed and decoded into `pixels`
+    (their positions added to `ready`, their hashes to `content`); (objects fetched, name -> why undecodable)."""
+    raw = {}
+    for i in todo:
+        if objects and (data := objects.get(names[i], versions[names[i]])) is not None:
+            raw[names[i]] = data
+    fetch = [names[i] for i in todo if names[i] not in raw]
+    if fetch:
+        log.info("fetching %d of %d images from %s", len(fetch), len(names), storage.uri)
+        raw |= storage.get_many(fetch, workers=workers, deadline=deadline)
+        if objects:
+            for n in fetch:
+                objects.put(n, versions[n], raw[n])
+    undecodable = {}
+    # A chunk at a time into `pixels`: the decoders' own arrays are freed and their memory
+    # reused at once, instead of a second decoded set the allocator would keep.
+    for start in range(0, len(todo), DECODE_CHUNK):
+        chunk = todo[start : start + DECODE_CHUNK]
+        batch = [raw.pop(names[i]) for i in chunk]
+        content |= {names[i]: content_hash(data) for i, data in zip(chunk, batch)}
+        for i, result in zip(chunk, decode_images(batch, [storage.describe(names[i]) for i in chunk])):
+            if isinstance(result, UndecodableImage):
+                undecodable[names[i]] = str(result)
+            else:
+                pixels[i] = result
+                ready.add(i)
+    return len(fetch), undecodable
