@@ -28,7 +28,7 @@ study: install
 	$(BIN)/python -m flows.study
 
 test: install
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m 'not slow'

@@ -14,6 +14,7 @@ Prefect UI shows as a form. This module imports no torch of its own: the library
     python -m flows.study        # the whole study on the embedded defaults (make study)
 """
 import atexit
+import base64
 import dataclasses
 import json
 import logging
@@ -26,12 +27,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.events import emit_event
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.runtime import task_run as prefect_task_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from ratio_cnn import report
+from ratio_cnn import history, report
 from ratio_cnn.cli import study_config
 from ratio_cnn.config import StudyConfig, TrainConfig, new_run_id, ratio_name
 from ratio_cnn.data import MANIFEST
@@ -39,7 +41,7 @@ from ratio_cnn.errors import RatioCnnError, StorageUnavailable
 from ratio_cnn.host import utc_now
 from ratio_cnn.job import run_job
 from ratio_cnn.job_folder import FolderBusy
-from ratio_cnn.results import RUN_FILE
+from ratio_cnn.results import LATEST, RUN_FILE
 from ratio_cnn.storage import join, open_storage
 from ratio_cnn.synth import make_synthetic_dataset
 
@@ -100,15 +102,47 @@ def build_report(out: str, run_id: str) -> str:
                              description=f"run {run_id}: {written.uri}")
     create_table_artifact(key="ratio-study-summary", table=report.artifact_rows(written),
                           description=f"run {run_id}")
-    create_markdown_artifact(key="ratio-study-index", markdown=written.index,
+    create_markdown_artifact(key="ratio-study-index", markdown=index_with_figure(out, written.index),
                              description=f"every run under {out}")
     if written.regressions:
         get_run_logger().warning("run %s: %d headline metrics dropped beyond their interval (top of the report)",
                                  run_id, len(written.regressions))
+    emit_alerts(written, run_id, out)
     if all(r.metrics for r in written.results):
         latest = {"run_id": run_id, "report": written.uri, "finished": utc_now()}
-        open_storage(out).put("latest.json", json.dumps(latest, indent=2).encode())
+        open_storage(out).put(LATEST, json.dumps(latest, indent=2).encode())
     return written.uri
+
+
+def index_with_figure(out: str, index: str) -> str:
+    """index.md with its trend figure inline (a data URI): an artifact cannot reach a file beside it."""
+    link = f"]({history.TRENDS})"
+    if link not in index:
+        return index
+    figure = base64.b64encode(open_storage(out).get(history.TRENDS)).decode()
+    return index.replace(link, f"](data:image/png;base64,{figure})")
+
+
+REGRESSION_EVENT = "ratio-cnn.regression"  # deploy/automations.yaml turns these into notifications
+FAILURE_EVENT = "ratio-cnn.ratio.failed"
+
+
+def emit_alerts(written: report.WrittenReport, run_id: str, out: str) -> None:
+    """A Prefect event per run that flagged a regression (every dropped metric in its payload), and one per
+    ratio that failed; emitted inside the flow run, so Prefect relates each to it and its deployment."""
+    resource = {"prefect.resource.id": f"ratio-cnn.run.{run_id}", "prefect.resource.name": run_id}
+    if written.regressions:
+        emit_event(REGRESSION_EVENT, resource=resource, payload={
+            "run_id": run_id, "out": out, "report": written.uri, "compared_with": written.previous_run,
+            "regressions": [{"cell": c.cell, "metric": c.metric, "previous": c.previous, "current": c.current,
+                             "change": c.difference.mean, "low": c.difference.low, "high": c.difference.high}
+                            for c in written.regressions]})
+    for r in written.results:
+        if not r.metrics:
+            emit_event(FAILURE_EVENT, resource=resource | {"prefect.resource.id": f"ratio-cnn.run.{run_id}.{r.folder}"},
+                       payload={"run_id": run_id, "out": out, "ratio": r.ratio, "label": f"1:{ratio_name(r.ratio)}",
+                                "reason": r.failure,
+                                "report": written.uri})
 
 
 def trains_on_cpu(device: str) -> bool:

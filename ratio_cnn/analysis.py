@@ -21,7 +21,7 @@ import numpy as np
 
 from ratio_cnn import stats
 from ratio_cnn.config import ratio_name
-from ratio_cnn.results import EVAL_PREFIX, Predictions, RatioResult, Variant, load_predictions
+from ratio_cnn.results import COST_KEYS, EVAL_PREFIX, Predictions, RatioResult, Variant, load_predictions
 from ratio_cnn.stats import Interval
 from ratio_cnn.storage import Storage
 
@@ -265,6 +265,7 @@ class Analysis:
     calibration: Calibration | None = None  # None for jobs from before the validity checks
     validity: Validity | None = None  # likewise; only on test
     extra_sets: list["Analysis"] = field(default_factory=list)  # one per extra evaluation set, baseline variant only
+    costs: dict = field(default_factory=dict)  # run_costs: by ratio label, and "run"; empty for jobs before costs
 
     @property
     def baseline_cells(self) -> list[VariantAnalysis]:
@@ -279,6 +280,7 @@ def analyse(run: Storage, results: list[RatioResult], threshold: float, checks: 
     names = list(dict.fromkeys(v.name for r in done for v in r.variants))
     baseline = BASELINE if BASELINE in names else names[0]
     analysis = analyse_set(run, done, names, baseline, threshold, "test")
+    analysis.costs = run_costs(done)
     if checks and any("split" in r.metrics["data"] for r in done):
         analysis.calibration = calibration(analysis)
         analysis.validity = validity(analysis, done)
@@ -289,6 +291,19 @@ def analyse(run: Storage, results: list[RatioResult], threshold: float, checks: 
             extra.calibration = calibration(extra)
             analysis.extra_sets.append(extra)
     return analysis
+
+
+def run_costs(done: list[RatioResult]) -> dict:
+    """Each finished job's costs (metrics.json's, docs/operations.md) by its `1:N` label, and the run's:
+    every count and second summed, wall time the longest job's. Empty when no job recorded them."""
+    by_ratio = {f"1:{ratio_name(r.ratio)}": r.metrics["costs"] for r in done if isinstance(r.metrics.get("costs"), dict)}
+    if not by_ratio:
+        return {}
+    # Summed over the jobs, but wall time: the run's is its longest job's (they run side by side).
+    total = {k: sum(c.get(k, 0) for c in by_ratio.values()) for k in COST_KEYS}
+    total["wall_seconds"] = max(c.get("wall_seconds", 0.0) for c in by_ratio.values())
+    total["device"] = ",".join(sorted({str(c.get("device", "?")) for c in by_ratio.values()}))
+    return {**by_ratio, "run": total}
 
 
 def analyse_set(run: Storage, done: list[RatioResult], names: list[str], baseline: str, threshold: float,

@@ -1,13 +1,15 @@
-"""`ratio-cnn train|data synth|data ingest|data dedupe|report`: user errors become one line and exit 2."""
+"""`ratio-cnn train|data synth|data ingest|data dedupe|report|prune|cache info|cache clear`: user errors become one line and exit 2."""
 import argparse
 import dataclasses
 import json
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from ratio_cnn.config import StudyConfig, StudyOptions, TrainConfig, TrainingOptions, field_default, job_fields
+from ratio_cnn.config import (PRUNE_DEFAULTS, StudyConfig, StudyOptions, TrainConfig, TrainingOptions, default_cache,
+                              field_default, job_fields)
 from ratio_cnn.errors import RatioCnnError, Terminated
 from ratio_cnn.storage import check_apart
 
@@ -129,7 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write report.md for a run from what its jobs wrote")
     report.add_argument("--run", required=True, help="the run folder: <out>/<run-id>")
+
+    add_operations_commands(commands)
     return parser
+
+
+def add_operations_commands(commands) -> None:
+    """`ratio-cnn prune` and `ratio-cnn cache info|clear` (docs/operations.md)."""
+    prune = commands.add_parser("prune", help="remove old runs' weights, predictions and working files by a "
+                                "retention policy; reports, figures and metrics always stay (docs/operations.md)")
+    prune.add_argument("--out", required=True, help="the results folder holding the runs (folder, file://… or s3://…)")
+    prune.add_argument("--keep-last", type=int, default=PRUNE_DEFAULTS["keep_last"],
+                       help=f"the newest N runs stay whole (default: {PRUNE_DEFAULTS['keep_last']})")
+    prune.add_argument("--keep-days", type=float, default=PRUNE_DEFAULTS["keep_days"],
+                       help="runs younger than D days stay whole too (default: none)")
+    prune.add_argument("--keep-heavy", type=int, default=PRUNE_DEFAULTS["keep_heavy"],
+                       help="of the runs that stay, the newest N keep their weights and predictions "
+                            f"(default: {PRUNE_DEFAULTS['keep_heavy']})")
+    prune.add_argument("--dry-run", action="store_true", help="list what would go and how many bytes; delete nothing")
+
+    cache = commands.add_parser("cache", help="what the local image cache holds, or empty it")
+    cache.add_argument("cache_command", choices=("info", "clear"), help="info: its sets and objects, their sizes and "
+                       "last use; clear: remove all that no running job uses")
+    cache.add_argument("--cache", default="", help="the cache folder (default: $RATIO_CNN_CACHE or ~/.cache/ratio-cnn)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -161,6 +185,15 @@ def run(args: argparse.Namespace) -> None:
         from ratio_cnn.report import write_report
 
         print(write_report(args.run).uri)
+    elif args.command == "prune":
+        from ratio_cnn.retention import Policy, prune
+
+        print(prune(args.out, Policy(args.keep_last, args.keep_days, args.keep_heavy), dry_run=args.dry_run).summary())
+    elif args.command == "cache":
+        from ratio_cnn import cache
+
+        root = Path(args.cache or default_cache())
+        print(cache.describe(root) if args.cache_command == "info" else cache.clear(root))
 
 
 def stop_on_sigterm(signum, frame) -> None:

@@ -173,6 +173,15 @@ class TrainingOptions:
     # reused by every later job that reads the same objects (docs/benchmarks.md).
     cache: str = _opt("", "cache folder for downloaded and decoded images, reused by every later job; "
                       "'none' turns it off", shown="$RATIO_CNN_CACHE or ~/.cache/ratio-cnn")
+    # A bucket that grows a little each night leaves a new decoded copy of the whole dataset each night:
+    # the least recently used sets and objects go once the cache is over this (docs/operations.md).
+    cache_max_gb: float = _opt(0.0, "size the cache is kept under, least recently used first; 0: a quarter of "
+                               "the disk that holds it", shown="0 (a quarter of the disk)")
+    # Weights are nearly all of a seed's bytes (134 MB of SimpleCNN's 140), and no number of the report
+    # reads them (docs/operations.md measures both).
+    save_models: Literal["all", "first", "none"] = _opt(
+        "all", "which seeds keep their weights (model.pt, bf16): all, first (the first seed of every variant) "
+        "or none; the report's numbers never depend on it")
     # Reliability (docs/reliability.md).
     resume: bool = _opt(False, "continue an interrupted or failed job of the same run id from its checkpoints")
     checkpoint_every: float = _opt(60.0, "seconds of training between checkpoints (0: after every epoch); a "
@@ -189,6 +198,9 @@ class TrainingOptions:
                      "eval_batch_size"):
             if getattr(self, name) < 0:
                 raise RatioCnnError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not (math.isfinite(self.cache_max_gb) and self.cache_max_gb >= 0):
+            raise RatioCnnError(f"cache_max_gb must be 0 (a quarter of the disk) or a positive size, got "
+                                f"{self.cache_max_gb}")
         for name in ("lr", "storage_timeout", "data_deadline"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise RatioCnnError(f"{name} must be a positive number, got {getattr(self, name)}")
@@ -324,8 +336,13 @@ class StudyConfig:
 
 # Options that change how a job runs, not what it computes: they may differ when a job is resumed,
 # and two runs that differ only in them are comparable (history.py).
-OPERATIONAL = {"resume", "workers", "cache", "checkpoint_every", "storage_timeout", "data_deadline", "device",
-               "eval_batch_size"}
+OPERATIONAL = {"resume", "workers", "cache", "cache_max_gb", "checkpoint_every", "storage_timeout", "data_deadline",
+               "device", "eval_batch_size", "save_models"}
+
+
+# `ratio-cnn prune` with no policy given: two weeks of nightly runs stay whole, the newest three with
+# their weights and predictions (enough to rebuild, compare and inspect the last few nights).
+PRUNE_DEFAULTS = {"keep_last": 14, "keep_days": None, "keep_heavy": 3}
 
 
 def variant_folder(strategy: str, model: str) -> str:

@@ -332,7 +332,7 @@ def verify(i: torch.Tensor, j: torch.Tensor, images: Prepared) -> torch.Tensor:
     a_centred = a - F.interpolate(F.avg_pool2d(a.mean(1, keepdim=True), BLOCK), scale_factor=BLOCK, mode="nearest")
     a_norm = block_sum(a_centred**2).sqrt()  # (B, blocks)
     # b's sums and sums of squares at every block position: its norms at each local shift.
-    r, blocks_per_side = LOCAL_SHIFT, SIZE // BLOCK
+    r = LOCAL_SHIFT
     b_pad = F.pad(b, (r, r, r, r))
     b_sums = F.avg_pool2d(b_pad.sum(1, keepdim=True), BLOCK, stride=1) * BLOCK * BLOCK
     b_squares = F.avg_pool2d(b_pad.pow(2).sum(1, keepdim=True), BLOCK, stride=1) * BLOCK * BLOCK

@@ -26,9 +26,9 @@ from ratio_cnn.config import TrainConfig, ratio_name, variant_folder
 from ratio_cnn.data import LABELS, LoadedImages
 from ratio_cnn.errors import RatioCnnError
 from ratio_cnn.evaluate import evaluate
-from ratio_cnn.job_folder import JobFolder
+from ratio_cnn.job_folder import WEIGHTS, JobFolder
 from ratio_cnn.stats import METRICS, seed_interval, sigmoid
-from ratio_cnn.storage import Storage, open_storage
+from ratio_cnn.storage import Storage, Traffic, open_storage
 from ratio_cnn.train import (Replicate, build_replicate, pick_device, pick_eval_batch, pick_precision,
                              train_one_epoch)
 
@@ -51,6 +51,8 @@ class EvalSet:
 
     split: Split
     described: dict  # metrics.json's data.eval_sets entry: uri, counts, images also in training
+    decoded: int = 0  # images decoded to load it (not from the cache)
+    traffic: Traffic | None = None  # what reading it took from its storage (a --holdout set is the job's own)
 
 
 @dataclass
@@ -113,11 +115,7 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
     load_seconds = time.perf_counter() - started
     log.info("%s: %d images ready (%d downloaded, %d decoded, the rest from the cache) in %.1f s", title,
              len(dataset.loaded.names), dataset.loaded.downloaded, dataset.loaded.decoded, load_seconds)
-    splits = {seed: {split: [dataset.loaded.names[i] for i in r.tolist()] for split, r in rows.items()}
-              for seed, rows in dataset.rows.items()}
-    eval_digests = {name: e.described["data_digest"] for name, e in dataset.extra.items()
-                    if "data_digest" in e.described}  # a --holdout set's images are among the job's own
-    record = provenance.data_record(dataset.manifest_digest, dataset.loaded.content, splits, eval_digests)
+    record = data_record(dataset)
     folder.bind_data(record)  # a resumed job stops here unless it reads what the earlier attempt read
 
     # -------------------------------------------------------------------------
@@ -155,8 +153,34 @@ def train_and_evaluate(cfg: TrainConfig, folder: JobFolder) -> dict:
         "variants": variants,
         "timings": {"load_seconds": load_seconds, "downloaded": dataset.loaded.downloaded,
                     "decoded": dataset.loaded.decoded, "total_seconds": time.perf_counter() - started},
+        "costs": job_costs(started, load_seconds, device, variants, dataset, source.traffic, folder.out.traffic),
         "environment": environment(device, precision) | {"eval_batch_size": pick_eval_batch(cfg.eval_batch_size, device)},
     }
+
+
+def data_record(dataset: JobData) -> dict:
+    """data.json (provenance.py): the data digest, every seed's split by name, the extra sets' digests."""
+    splits = {seed: {split: [dataset.loaded.names[i] for i in r.tolist()] for split, r in rows.items()}
+              for seed, rows in dataset.rows.items()}
+    eval_digests = {name: e.described["data_digest"] for name, e in dataset.extra.items()
+                    if "data_digest" in e.described}  # a --holdout set's images are among the job's own
+    return provenance.data_record(dataset.manifest_digest, dataset.loaded.content, splits, eval_digests)
+
+
+def job_costs(started: float, load_seconds: float, device: torch.device, variants: list[dict], dataset: JobData,
+              reads: Traffic, writes: Traffic) -> dict:
+    """What the job took (docs/operations.md, "Costs"): seconds of wall time, of loading the data and of
+    the device training and evaluating (every seed behind the results, an earlier attempt's too);
+    images decoded, objects and bytes read from the datasets and written to the results before
+    metrics.json (this attempt's)."""
+    seeds = [m.get("timings", {}) for v in variants for m in v["seeds"].values()]
+    train, evaluation = (sum(t.get(k, 0.0) for t in seeds) for k in ("train_seconds", "eval_seconds"))
+    sources = [reads] + [e.traffic for e in dataset.extra.values() if e.traffic]
+    return {"device": device.type, "wall_seconds": time.perf_counter() - started, "data_seconds": load_seconds,
+            "train_seconds": train, "eval_seconds": evaluation, "device_seconds": train + evaluation,
+            "images_decoded": dataset.loaded.decoded + sum(e.decoded for e in dataset.extra.values()),
+            "objects_read": sum(t.objects_read for t in sources), "bytes_read": sum(t.bytes_read for t in sources),
+            "objects_written": writes.objects_written, "bytes_written": writes.bytes_written}
 
 
 def read_dataset(source: Storage, cache, what: str = "dataset") -> tuple[dict[str, str], bytes, pd.DataFrame]:
@@ -192,7 +216,7 @@ def load_data(cfg: TrainConfig, source: Storage, title: str) -> JobData:
                                  for n in s[split]["image"]] + list(held["image"])))
     data.check_memory(len(needed), torch.device("cpu"))
     loaded = data.load_images(source, manifest, needed, present, cfg.cache_dir, data.digest(raw_manifest),
-                              cfg.workers, deadline, cfg.max_skipped)
+                              cfg.workers, deadline, cfg.max_skipped, cfg.cache_max_gb)
     label_of = dict(zip(manifest["image"], manifest["label"].map(LABELS)))
     labels = torch.tensor([label_of[n] for n in loaded.names], dtype=torch.float32)
     rows = {seed: {split: loaded.rows(df["image"]) for split, df in s.items()} for seed, s in samples.items()}
@@ -241,7 +265,7 @@ def load_eval_set(cfg: TrainConfig, name: str, uri: str, trained: set[str], dead
     data.check_images_exist(source, present, [manifest])
     data.check_memory(len(manifest), torch.device("cpu"))
     loaded = data.load_images(source, manifest, list(manifest["image"]), present, cfg.cache_dir,
-                              data.digest(raw_manifest), cfg.workers, deadline, cfg.max_skipped)
+                              data.digest(raw_manifest), cfg.workers, deadline, cfg.max_skipped, cfg.cache_max_gb)
     label_of = dict(zip(manifest["image"], manifest["label"].map(LABELS)))
     labels = torch.tensor([label_of[n] for n in loaded.names], dtype=torch.float32)
     overlap = sum(loaded.content.get(n) in trained for n in loaded.names)
@@ -252,7 +276,8 @@ def load_eval_set(cfg: TrainConfig, name: str, uri: str, trained: set[str], dead
                   .reindex(loaded.names))
     return EvalSet(split, {"uri": source.uri, "counts": label_counts(labels), "overlap_with_train": overlap,
                            "skipped_images": loaded.skipped,
-                           "data_digest": provenance.data_digest(data.digest(raw_manifest), loaded.content)})
+                           "data_digest": provenance.data_digest(data.digest(raw_manifest), loaded.content)},
+                   loaded.decoded, source.traffic)
 
 
 def select_rows(images: torch.Tensor, labels: torch.Tensor, names: list[str], rows: torch.Tensor,
@@ -289,11 +314,13 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str
 
     # -------------------------------------------------------------------------
     # evaluation of the final model: val from the last epoch, test and every extra set now
+    started = time.perf_counter()
     eval_batch = pick_eval_batch(cfg.eval_batch_size, test.images.device)
     test_metrics, test_logits = evaluate(replicate.model, test.images, test.labels, eval_batch, cfg.threshold,
                                          precision)
     extra_results = {name: evaluate(replicate.model, e.split.images, e.split.labels, eval_batch, cfg.threshold,
                                     precision) for name, e in extra.items()}
+    eval_seconds = time.perf_counter() - started
     log.info("%s test: loss %.4f acc %.3f precision %.3f recall %.3f F1 %.3f ROC-AUC %s", title,
              test_metrics["loss"], test_metrics["accuracy"], test_metrics["precision"], test_metrics["recall"],
              test_metrics["f1"], "n/a" if test_metrics["roc_auc"] is None else f"{test_metrics['roc_auc']:.3f}")
@@ -303,7 +330,8 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str
     plan = replicate.plan
     metrics = {"seed": seed, "strategy": strategy, "model": model_name, "val": trained.val, "test": test_metrics,
                "train": {**label_counts(plan.labels), "odds": plan.train_odds},
-               "timings": {"train_seconds": train_seconds, "epochs_trained": trained.epochs_trained,
+               "timings": {"train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                           "epochs_trained": trained.epochs_trained,
                            "train_images_per_second": trained.epochs_trained * len(plan.labels)
                            / max(train_seconds, 1e-9)}}
     if extra:
@@ -311,7 +339,8 @@ def run_seed(cfg: TrainConfig, folder: JobFolder, strategy: str, model_name: str
     history = pd.DataFrame(trained.history)
     predicted = {"val": (val, trained.val_logits), "test": (test, test_logits)} | {
         f"eval:{name}": (extra[name].split, logits) for name, (_, logits) in extra_results.items()}
-    files = seed_files(history, predicted, replicate.model)
+    keep_weights = cfg.save_models == "all" or (cfg.save_models == "first" and seed == cfg.seeds[0])
+    files = seed_files(history, predicted, replicate.model if keep_weights else None)
     folder.write_seed(variant, seed, files, metrics)
     return metrics, history
 
@@ -352,19 +381,31 @@ def train_replicate(cfg: TrainConfig, folder: JobFolder, variant: str, seed: int
     return TrainedReplicate(history, val_metrics, val_logits, cfg.epochs - first_epoch + 1)
 
 
-def seed_files(history: pd.DataFrame, predicted: dict[str, tuple[Split, np.ndarray]], model: nn.Module) -> dict:
+def seed_files(history: pd.DataFrame, predicted: dict[str, tuple[Split, np.ndarray]], model: nn.Module | None) -> dict:
     """A seed's outputs as bytes: history.csv, predictions.csv (label, logit and probability of every
-    image of each predicted split, then the image's metadata columns) and model.pt."""
+    image of each predicted split, then the image's metadata columns) and, given a model, model.pt."""
     predictions = pd.concat([
         pd.DataFrame({"split": split, "image": s.names,
                       "label": np.where(s.labels.cpu().numpy() == 1, "malignant", "benign"),
                       "logit": logits.astype(np.float64), "probability": sigmoid(logits)}
                      | {column: s.metadata[column].fillna("").to_numpy() for column in s.metadata.columns})
         for split, (s, logits) in predicted.items()])
-    weights = io.BytesIO()
-    torch.save(model.state_dict(), weights)  # loads with weights_only=True
-    return {"history.csv": history.to_csv(index=False).encode(),
-            "predictions.csv": predictions.to_csv(index=False).encode(), "model.pt": weights.getvalue()}
+    files = {"history.csv": history.to_csv(index=False).encode(),
+             "predictions.csv": predictions.to_csv(index=False).encode()}
+    if model is not None:
+        files[WEIGHTS] = weights_bytes(model)
+    return files
+
+
+def weights_bytes(model: nn.Module) -> bytes:
+    """The model's state_dict in bf16: half the bytes of fp32. Every number of the report comes from
+    predictions.csv, made by the fp32 model in memory; reloaded bf16 weights give probabilities within
+    a few thousandths of those (tests/test_operations.py, docs/operations.md). `load_state_dict` casts
+    them back, so `SimpleCNN().load_state_dict(torch.load(path, weights_only=True))` still loads them."""
+    state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # loads with weights_only=True
+    return buffer.getvalue()
 
 
 # -----------------------------------------------------------------------------

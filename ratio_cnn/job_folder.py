@@ -2,7 +2,8 @@
 
     claim.json                    who owns the folder: host, pid, flow run, start, heartbeat, state, data digests
     data.json                     what the job reads (provenance.py), written before training; a resume must match it
-    <strategy>/<model>/seed-<s>/  history.csv, predictions.csv, model.pt, then metrics.json (the seed is done)
+    <strategy>/<model>/seed-<s>/  history.csv, predictions.csv, model.pt (bf16 weights, as --save-models says),
+                                  then metrics.json (the seed is done)
                                   checkpoint.pt while the seed trains (removed when it is done);
                                   checkpoint-unloadable-<time>.pt: one that could not be loaded, kept aside
     <strategy>/<model>/           figures of the variant, written once all its seeds are done
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 CLAIM, METRICS, ERROR, DATA = "claim.json", "metrics.json", "error.json", "data.json"
 CHECKPOINT = "checkpoint.pt"
-SEED_FILES = ("history.csv", "predictions.csv", "model.pt")  # then the seed's metrics.json
+SEED_FILES = ("history.csv", "predictions.csv")  # then the seed's metrics.json; model.pt when its weights are kept
+WEIGHTS = "model.pt"
 HEARTBEAT_SECONDS = 20  # how often a running job refreshes its claim
 STALE_SECONDS = 120  # a claim not refreshed for this long belongs to a job that is gone
 UPLOAD_RETRIES = (2, 4, 8, 16, 30)  # seconds between attempts at writing outputs: rides out a minute-long outage
@@ -320,7 +322,7 @@ class JobFolder:
             shutil.rmtree(stage, ignore_errors=True)
             return None
         self.check_owner()
-        for name in (*SEED_FILES, METRICS):
+        for name in (*SEED_FILES, *([WEIGHTS] if (stage / WEIGHTS).is_file() else []), METRICS):
             self._put(self._seed_key(variant, seed, name), (stage / name).read_bytes())
         self._ride_out_outage(lambda: self.out.delete(self._seed_key(variant, seed, CHECKPOINT)))
         shutil.rmtree(stage, ignore_errors=True)

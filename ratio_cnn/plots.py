@@ -1,4 +1,5 @@
-"""Figures, written as PNG files: confusion matrices, training curves, metrics by ratio, ROC and PR."""
+"""Figures, written as PNG files: confusion matrices, training curves, metrics by ratio, ROC and PR,
+reliability diagrams, and the index's trends across runs."""
 from pathlib import Path
 
 import matplotlib
@@ -148,4 +149,35 @@ def reliability_diagrams(panels: dict[str, dict[str, tuple]], title: str, path: 
     fig.suptitle(f"{title} (band: lowest to highest seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def trends(t, path: Path) -> None:
+    """history.Trends: one panel per headline metric, a line per ratio across runs with 95% intervals over
+    seeds; dashed lines where the data changed, dotted where the configuration did, red marks where a run
+    flagged a regression."""
+    metrics = list(t.points)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 0.35 * len(t.runs) + 3), 2.4 * len(metrics) + 0.8),
+                             sharex=True, squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for offset, (label, points) in enumerate(t.points[metric].items()):
+            x = [p[0] + 0.06 * (offset - (len(t.points[metric]) - 1) / 2) for p in points]
+            mean = [p[1] for p in points]
+            below = [p[1] - p[2] if p[2] is not None else 0 for p in points]
+            above = [p[3] - p[1] if p[3] is not None else 0 for p in points]
+            ax.errorbar(x, mean, yerr=[below, above], marker="o", markersize=3, capsize=2, label=label)
+        for i in t.data_changes:
+            ax.axvline(i - 0.5, color="0.3", linestyle="--", linewidth=1)
+        for i in t.config_changes:
+            ax.axvline(i - 0.5, color="tab:purple", linestyle=":", linewidth=1.5)
+        for i in t.regressions:
+            ax.axvspan(i - 0.4, i + 0.4, color="tab:red", alpha=0.15)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, ncol=4)
+    axes[-1, 0].set_xticks(range(len(t.runs)), t.runs, rotation=90, fontsize=7)
+    fig.suptitle("Test metrics across runs (mean over seeds, 95% interval); --- data changed, ··· configuration "
+                 "changed, red: regression flagged", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

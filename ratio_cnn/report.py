@@ -6,6 +6,7 @@ beside them. `render` turns an analysis into that markdown: words and tables aro
 numbers it is given, no statistics and no I/O.
 """
 import json
+import logging
 import re
 import tempfile
 from dataclasses import astuple, dataclass
@@ -15,10 +16,12 @@ from ratio_cnn import history, plots
 from ratio_cnn.analysis import (BASELINE, COMPARED, MAX_VALUES, MIN_IMAGES, RESAMPLES, Analysis, Calibration,
                                  ColumnCheck, Comparison, Estimate, Validity, analyse)
 from ratio_cnn.config import ratio_name
-from ratio_cnn.host import utc_now
-from ratio_cnn.results import RatioResult, collect
+from ratio_cnn.host import human_bytes, utc_now
+from ratio_cnn.results import PRUNED, RatioResult, collect
 from ratio_cnn.stats import Interval, verdict
 from ratio_cnn.storage import Storage, basename, open_storage, parent
+
+log = logging.getLogger(__name__)
 
 REPORT = "report.md"
 FIGURES = {"metrics": "metrics_by_ratio.png", "roc": "roc.png", "pr": "pr.png"}
@@ -36,6 +39,7 @@ class WrittenReport:
     analysis: Analysis | None
     changes: list[history.Change]  # against the previous comparable run, if any
     index: str  # <out>/index.md
+    previous_run: str | None = None  # the run id compared against
 
     @property
     def regressions(self) -> list[history.Change]:
@@ -53,6 +57,9 @@ def write_report(run_uri: str) -> WrittenReport:
     run_id = str(meta.get("run_id") or basename(run_uri))
     done = [r for r in results if r.metrics]
     out = open_storage(parent(run_uri))
+    if run.exists(PRUNED) and run.exists(REPORT):  # its predictions may be gone: the report it has stays
+        log.info("%s was pruned (%s): keeping the report.md it has, rebuilding the index", run.uri, PRUNED)
+        return WrittenReport(run.describe(REPORT), run.get(REPORT).decode(), results, None, [], write_index(out))
     analysis = record = previous = None
     changes = []
     if done:
@@ -61,13 +68,27 @@ def write_report(run_uri: str) -> WrittenReport:
         record = history.run_record(run_id, utc_now(), len(done) == len(results), analysis, done[0].metrics)
         previous = history.previous_run(out, record)
         changes = history.compare_runs(out, previous["run_id"], analysis) if previous else []
+        record["regressions"] = [f"{c.cell} {c.metric}" for c in changes if c.regression]
     markdown = render(analysis, run_id, results, previous, changes)
     run.put(REPORT, markdown.encode())
     if record:
         run.put(history.RUN_RECORD, json.dumps(record, indent=2).encode())
-    index = history.render_index(history.run_records(out))
+    return WrittenReport(run.describe(REPORT), markdown, results, analysis, changes, write_index(out),
+                         previous and previous["run_id"])
+
+
+def write_index(out: Storage) -> str:
+    """`<out>/index.md` and its figure of the headline metrics across runs (trends.png), from every run record."""
+    records = history.run_records(out)
+    trends = history.trend_series(records)
+    if trends.points:
+        with tempfile.TemporaryDirectory(prefix="ratio-cnn-index-") as tmp:
+            path = Path(tmp) / history.TRENDS
+            plots.trends(trends, path)
+            out.put(history.TRENDS, path.read_bytes())
+    index = history.render_index(records, with_trends=bool(trends.points))
     out.put(history.INDEX, index.encode())
-    return WrittenReport(run.describe(REPORT), markdown, results, analysis, changes, index)
+    return index
 
 
 def draw_figures(run: Storage, analysis: Analysis) -> None:
@@ -206,6 +227,7 @@ def render(analysis: Analysis | None, run_id: str, results: list[RatioResult], p
             lines += extra_set_section(extra, analysis.validity)
         if len(analysis.variant_names) > 1:
             lines += variants_section(analysis)
+        lines += costs_section(analysis.costs)
     for r in results:
         lines += ratio_section(r, analysis)
     return "\n".join(lines) + "\n"
@@ -302,6 +324,24 @@ def history_section(previous: dict | None, changes: list[history.Change]) -> lis
     for c in changes:
         lines.append(f"| {c.cell} | {NAMES[c.metric]} | {c.previous:.3f} | {c.current:.3f} | {signed(c.difference)}"
                      f"{' ⚠' if c.regression else ''} |")
+    return lines + [""]
+
+
+def costs_section(costs: dict) -> list[str]:
+    """What each job took, and the run (analysis.run_costs); nothing for jobs that did not record it."""
+    if not costs:
+        return []
+    lines = ["## Costs", "", "Seconds: wall, loading the data, and on the device training and evaluating (every seed "
+             "behind the results). Reads: from the datasets (what the worker's cache held is not read again); "
+             "writes: to the results, before metrics.json. The run's wall time is its longest job's; the rest "
+             "add up (docs/operations.md).", "",
+             "| job | device | wall | data | device (train + eval) | images decoded | objects read | read | written |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, c in costs.items():
+        lines.append(f"| {'**run**' if label == 'run' else label} | {c.get('device', '?')} | {c['wall_seconds']:.0f} s | "
+                     f"{c['data_seconds']:.0f} s | {c['device_seconds']:.0f} s ({c['train_seconds']:.0f} + "
+                     f"{c['eval_seconds']:.0f}) | {c['images_decoded']:,} | {c['objects_read']:,} | "
+                     f"{human_bytes(c['bytes_read'])} | {human_bytes(c['bytes_written'])} |")
     return lines + [""]
 
 
@@ -634,7 +674,7 @@ def extra_set_section(a: Analysis, v: Validity | None) -> list[str]:
                       "used for val or test.")
     lines.append("")
     if any(described.overlap.values()):
-        lines += [f"> ⚠ Images also in the training data: " + ", ".join(
+        lines += ["> ⚠ Images also in the training data: " + ", ".join(
             f"{label} {n}" for label, n in described.overlap.items()) + ". Its numbers are inflated by them."
             + "".join(f" {note}" for note in described.notes), ""]
     lines += [f"### Ratios compared on {word}", ""] + comparisons_text(a)

@@ -21,9 +21,14 @@ from ratio_cnn import stats
 from ratio_cnn.storage import Storage
 
 RUN_FILE = "run.json"
+LATEST = "latest.json"  # in <out>: the newest run whose every ratio finished (the study writes it)
+PRUNED = "pruned.json"  # `ratio-cnn prune` writes it before it deletes anything from a run (retention.py)
 RATIO_FOLDER = re.compile(r"ratio-([0-9]+(?:\.[0-9]+)?)/")
 PREDICTION_COLUMNS = ("split", "image", "label", "logit", "probability")  # every column after these is metadata
 EVAL_PREFIX = "eval:"  # predictions.csv's split of an extra evaluation set: `eval:<NAME>`
+# metrics.json's costs (job.job_costs), each a count or seconds; the report sums them over a run's jobs.
+COST_KEYS = ("wall_seconds", "data_seconds", "train_seconds", "eval_seconds", "device_seconds", "images_decoded",
+             "objects_read", "bytes_read", "objects_written", "bytes_written")
 
 
 @dataclass
@@ -133,6 +138,9 @@ def check_job_metrics(m: dict, where: str) -> dict:
                         value = sm["eval"][name][metric]
                         if not (value is None and metric in ("roc_auc", "average_precision")) and not _finite(value):
                             raise bad(f"has {name} {metric} {value!r} for seed {seed}")
+        costs = m.get("costs", {})  # jobs before the costs have none
+        if not isinstance(costs, dict) or not all(_finite(costs[k]) and costs[k] >= 0 for k in COST_KEYS if k in costs):
+            raise bad("has costs that are not non-negative numbers")
     except RatioCnnError:
         raise
     except (KeyError, TypeError, AttributeError) as e:

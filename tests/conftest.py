@@ -1,4 +1,4 @@
-"""Shared fixtures: a small synthetic dataset, a moto S3 server over real HTTP, the CLI."""
+"""Shared fixtures: a small synthetic dataset, a moto S3 server over real HTTP, a real Prefect server, the CLI."""
 import os
 import socket
 import subprocess
@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from prefect_server import serve
 from ratio_cnn.synth import make_synthetic_dataset
 
 # Small enough for a few CPU batches, large enough for every split to hold both labels.
@@ -50,6 +51,12 @@ def moto_endpoint():
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` for the whole session (tests/prefect_server.py)."""
+    yield from serve(tmp_path_factory.mktemp("prefect"), free_port())
 
 
 @pytest.fixture

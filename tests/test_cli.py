@@ -1,14 +1,13 @@
 """The real `ratio-cnn` CLI end to end on a small synthetic dataset: local folders and S3."""
 import io
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from ratio_cnn.job_folder import SEED_FILES
+from ratio_cnn.job_folder import SEED_FILES, WEIGHTS
 from ratio_cnn.model import SimpleCNN
 from ratio_cnn.storage import open_storage
 from conftest import SMALL_SPLITS, run_cli
@@ -23,7 +22,7 @@ def check_job_outputs(storage, prefix: str, ratio: int, seeds=(0,)) -> dict:
     variant = f"{prefix}/none/simple"
     expected = {f"{prefix}/metrics.json", f"{prefix}/claim.json",
                 *(f"{variant}/{name}" for name in ("confusion_matrix.png", "curves.png", "curves_by_seed.png")),
-                *(f"{variant}/seed-{s}/{name}" for s in seeds for name in (*SEED_FILES, "metrics.json"))}
+                *(f"{variant}/seed-{s}/{name}" for s in seeds for name in (*SEED_FILES, WEIGHTS, "metrics.json"))}
     assert expected <= keys, sorted(expected - keys)
     assert not any(k.endswith("checkpoint.pt") for k in keys)  # removed once a seed is done
     metrics = json.loads(storage.get(f"{prefix}/metrics.json"))

@@ -1,7 +1,9 @@
 """The deployment path, as an operator walks it, against a real `prefect server start`.
 
 - deploy/prefect.yaml onto a local `process` pool, run `ratio-study/nightly` with small
-  parameters through a real worker against moto S3, and find every output in the bucket;
+  parameters through a real worker against moto S3, and find every output in the bucket
+  (`prune-runs/weekly` is registered beside it with its schedule, not run: tests/test_retention.py
+  runs the flow);
   the S3 secret, a canary given to the worker alone, shows up in no output, log, artifact,
   file or API record;
 - the same file onto a Docker pool, by the command and environment of docker-compose.yml's
@@ -22,11 +24,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -34,17 +32,16 @@ import boto3
 import pytest
 import yaml
 
-from conftest import SMALL_SPLITS, free_port
+from conftest import SMALL_SPLITS
+from prefect_server import PREFECT, REPO, Server, start, stop
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO / "deploy" / "prefect.yaml"
 K8S_TEMPLATE = REPO / "deploy" / "k8s-gpu-job-template.json"
 K8S_STUDY_TEMPLATE = REPO / "deploy" / "k8s-job-template.json"
 DOCKER_TEMPLATE = REPO / "deploy" / "docker-job-template.json"
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
-PREFECT = str(Path(sys.executable).parent / "prefect")
 # The split sizes of the small synthetic dataset, as training option fields.
 SMALL_OPTIONS = {flag.removeprefix("--").replace("-", "_"): int(value)
                  for flag, value in zip(SMALL_SPLITS[::2], SMALL_SPLITS[1::2])}
@@ -59,117 +56,6 @@ SECRET_BLOCKS = {"AWS_ACCESS_KEY_ID": "ratio-cnn-aws-access-key-id",
 # Where a Kubernetes pod finds them: keys of the Kubernetes Secret ratio-cnn-s3.
 S3_SECRET_ENV = [{"name": name, "valueFrom": {"secretKeyRef": {"name": "ratio-cnn-s3", "key": name}}}
                  for name in CREDENTIALS]
-
-
-# -----------------------------------------------------------------------------
-# processes
-
-
-def base_env() -> dict:
-    """This environment without any Prefect or AWS settings of the developer's own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (a flow run's process may start a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process, its group and everything it started; SIGKILL what is left."""
-    if proc.poll() is not None:
-        return
-    pids = [proc.pid, *descendants(proc.pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        for pid in pids[1:]:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            proc.wait(timeout=timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def start(args: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess.Popen:
-    with log.open("w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-class Server:
-    def __init__(self, api_url: str, home: Path, log: Path) -> None:
-        self.api_url, self.home, self.log = api_url, home, log
-
-    def env(self, **extra: str) -> dict:
-        """The environment of a Prefect client of this server (its own PREFECT_HOME)."""
-        return base_env() | {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home / "client")} | extra
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.api_url}{path}", timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, body: dict) -> list | dict:
-        request = urllib.request.Request(f"{self.api_url}{path}", data=json.dumps(body).encode(),
-                                         headers={"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def prefect(self, *args: str, env: dict | None = None, timeout: float = 180) -> str:
-        """Run the `prefect` CLI as an operator would; fail with its output if it fails."""
-        result = subprocess.run([PREFECT, "--no-prompt", *args], env=env or self.env(), cwd=REPO,
-                                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, f"prefect {' '.join(args)} exited {result.returncode}:\n{output}"
-        return output
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    log = home / "server.log"
-    env = base_env() | {"PREFECT_HOME": str(home / "server"), "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-                        "PREFECT_UI_ENABLED": "false"}
-    proc = start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-scheduler", "--no-ui"],
-                 env, log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after 120 s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield Server(api_url, home, log)
-    finally:
-        stop(proc)
 
 
 def deploy_env(server: Server, study_pool: str, gpu_pool: str, **extra: str) -> dict:
@@ -309,13 +195,20 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
     assert schedule["active"]
     nightly_study = {"data": f"s3://{bucket}/data/small", "out": f"s3://{bucket}/results",
-                     "launch": "deployments", "train_deployment": "train-ratio/gpu", "options": {"device": "cuda"}}
+                     "launch": "deployments", "train_deployment": "train-ratio/gpu",
+                     "options": {"device": "cuda", "save_models": "first"}}
     assert nightly["parameters"] == {"study": nightly_study}
     assert nightly["work_pool_name"] == pool
     gpu = server.get("/deployments/name/train-ratio/gpu")
     assert gpu["work_pool_name"] == pool
     assert gpu["global_concurrency_limit"]["limit"] == 2  # RATIO_CNN_GPUS
     assert gpu["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    weekly = server.get("/deployments/name/prune-runs/weekly")
+    [schedule] = weekly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 4 * * 0" and schedule["schedule"]["timezone"] == "UTC"
+    assert schedule["active"]
+    assert weekly["parameters"] == {"out": f"s3://{bucket}/results"}  # the policy: PRUNE_DEFAULTS
+    assert weekly["work_pool_name"] == pool
     # The process worker keeps what its template names and drops the Docker-only variables.
     from prefect.workers.process import ProcessJobConfiguration
 
@@ -326,7 +219,7 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
     assert not hasattr(config, "image") and not hasattr(config, "container_create_kwargs")
 
     # The deployments hold where the storage is, never who the jobs are.
-    for deployment in (nightly, gpu):
+    for deployment in (nightly, gpu, weekly):
         assert not set(CREDENTIALS) & set(deployment["job_variables"]["env"]), deployment["name"]
 
     # The credentials are the worker's own, and its flow runs' processes inherit them (moto
@@ -471,6 +364,14 @@ def test_compose_deploy_service_deploys_to_a_docker_pool_with_a_gpu_request(pref
     assert request["image"] == "ratio-cnn:latest" and request["host_config"]["NetworkMode"] == "ratio-cnn"
     assert "DeviceRequests" not in request["host_config"]  # the study itself needs no GPU
     assert request["environment"] == job_env  # it writes run.json and the report
+
+    weekly = server.get("/deployments/name/prune-runs/weekly")
+    assert weekly["work_pool_name"] == pool and weekly["parameters"] == {"out": "s3://ratio-cnn/results"}
+    assert weekly["schedules"][0]["schedule"]["cron"] == "0 4 * * 0"
+    request = container_request(weekly["job_variables"])
+    assert request["image"] == "ratio-cnn:latest" and request["host_config"]["NetworkMode"] == "ratio-cnn"
+    assert "DeviceRequests" not in request["host_config"]
+    assert request["environment"] == job_env  # it lists and deletes in the bucket
 
     # The password reaches the containers and nothing the UI shows: neither deployment, nor
     # the pool's template (references), nor the Secret blocks as the UI lists them.

@@ -303,7 +303,7 @@ def test_a_full_disk_keeps_the_trained_model_and_a_retry_uploads_it_without_trai
     assert (logs / "second.rc").read_text().strip() == "0", second
     assert "done by an earlier attempt" in second and "epoch 1/1" not in second  # uploaded, not trained again
     job = logs / "copy" / "full" / "ratio-1"
-    assert (job / "metrics.json").is_file() and (job / "none/simple/seed-0/model.pt").stat().st_size > 100e6
+    assert (job / "metrics.json").is_file() and (job / "none/simple/seed-0/model.pt").stat().st_size > 60e6
     assert not (job / "error.json").exists()
 
 
