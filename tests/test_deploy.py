@@ -47,8 +47,9 @@ SMALL_OPTIONS = {flag.removeprefix("--").replace("-", "_"): int(value)
                  for flag, value in zip(SMALL_SPLITS[::2], SMALL_SPLITS[1::2])}
 RUN_OUTPUTS = ("report.md", "metrics_by_ratio.png", "roc.png", "pr.png", "run.json")
 JOB_OUTPUTS = ("metrics.json", "claim.json", "none/simple/confusion_matrix.png", "none/simple/curves.png",
-               *(f"none/simple/seed-{s}/{name}" for s in (0, 1)
-                 for name in ("metrics.json", "history.csv", "predictions.csv", "model.pt")))
+               *(f"none/simple/seed-{s}/{name}" for s in (0, 1) for name in ("metrics.json", "history.csv",
+                                                                           "predictions.csv")),
+               "none/simple/seed-0/model.pt")  # the nightly keeps the first seed's weights (save_models: first)
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Where a Docker pool's template finds each credential: a Prefect Secret block, by name.
 SECRET_BLOCKS = {"AWS_ACCESS_KEY_ID": "ratio-cnn-aws-access-key-id",
@@ -234,7 +235,8 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
         # A run's `study` replaces the deployment's whole (Prefect merges parameters by name), so it
         # restates data, out and launch; a field left out keeps StudyConfig's default.
         params = {"study": nightly_study | {"ratios": [1, 2], "run_id": "e2e", "options": {
-            "epochs": 1, "batch_size": 16, "workers": 4, "device": "cpu", "seeds": 2, **SMALL_OPTIONS}}}
+            "epochs": 1, "batch_size": 16, "workers": 4, "device": "cpu", "seeds": 2, "save_models": "first",
+            **SMALL_OPTIONS}}}
         try:
             output = server.prefect("deployment", "run", "ratio-study/nightly", "--params", json.dumps(params),
                                     "--watch", "--watch-timeout", "420", timeout=480)
@@ -249,6 +251,7 @@ def test_nightly_study_runs_end_to_end_on_a_process_pool(prefect_server, moto_en
     expected = {"results/latest.json", *(f"results/e2e/{name}" for name in RUN_OUTPUTS),
                 *(f"results/e2e/ratio-{r}/{name}" for r in (1, 2) for name in JOB_OUTPUTS)}
     assert expected <= keys, f"missing: {sorted(expected - keys)}"
+    assert not any(k.endswith("seed-1/model.pt") for k in keys)
     latest = json.loads(s3.get_object(Bucket=bucket, Key="results/latest.json")["Body"].read())
     assert latest["run_id"] == "e2e" and latest["report"] == f"s3://{bucket}/results/e2e/report.md"
     run = json.loads(s3.get_object(Bucket=bucket, Key="results/e2e/run.json")["Body"].read())

@@ -17,6 +17,8 @@ from ratio_cnn.job import run_job
 from ratio_cnn.model import SimpleCNN
 from ratio_cnn.report import write_report
 from ratio_cnn.results import COST_KEYS
+from ratio_cnn.retention import Policy, prune
+from runs import noisy_logits, write_job
 
 TINY = dict(epochs=1, batch_size=16, train_malignant=12, val_malignant=6, val_benign=20, test_malignant=6,
             test_benign=20, device="cpu", seeds=[0, 1], cache="none")
@@ -76,3 +78,23 @@ def test_costs_are_recorded_per_job_and_summed_in_the_report_and_index(runs):
     assert "## Costs" in written.markdown and "| **run** | cpu |" in written.markdown
     row = next(line for line in written.index.splitlines() if "`night`" in line)
     assert f"{costs['device_seconds']:.0f} s cpu" in row and f"{costs['bytes_written'] / 1e6:,.1f} MB" in row
+
+
+def test_a_pruned_run_keeps_its_report_and_is_not_compared_with(tmp_path):
+    """After prune took a run's predictions, `ratio-cnn report` keeps the report it has (and rebuilds the
+    index), and the next run's comparison skips it for an earlier run that still holds them."""
+    for run in ("a", "b", "c"):
+        write_job(tmp_path / run, 1, {s: (noisy_logits(s, 3.0), noisy_logits(10 + s, 3.0)) for s in (0, 1)})
+    for run in ("a", "b"):
+        write_report(str(tmp_path / run))
+    prune(str(tmp_path), Policy(keep_last=5, keep_days=None, keep_heavy=1))  # b is newest: a loses its predictions
+    assert not list((tmp_path / "a").rglob("predictions.csv")) and (tmp_path / "a" / "pruned.json").is_file()
+    before = (tmp_path / "a" / "report.md").read_text()
+    (tmp_path / "index.md").unlink()
+    again = write_report(str(tmp_path / "a"))
+    assert again.markdown == before == (tmp_path / "a" / "report.md").read_text()
+    assert "`a`" in (tmp_path / "index.md").read_text()
+    assert write_report(str(tmp_path / "c")).previous_run == "b"
+    prune(str(tmp_path), Policy(keep_last=5, keep_days=None, keep_heavy=1))  # c is newest now: b goes light
+    (tmp_path / "c" / "summary.json").unlink()
+    assert write_report(str(tmp_path / "c")).previous_run is None  # a and b were pruned: nothing to pair with
