@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic dataset, a moto S3 server over real HTTP, a real Prefect server, the CLI."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -8,9 +9,21 @@ from pathlib import Path
 
 import boto3
 import pytest
+import torch
 
 from prefect_server import serve
 from ratio_cnn.synth import make_synthetic_dataset
+
+# `make test` runs two pytest-xdist workers: each gets its share of the cores for torch, here and in the
+# processes it starts, so that the two never run more threads than there are cores between them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+# An xdist worker ignores SIGINT, and a process started with SIGINT ignored never turns Ctrl-C into
+# KeyboardInterrupt: the tests that press Ctrl-C on a job need the worker's children to hear it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Small enough for a few CPU batches, large enough for every split to hold both labels.
 SMALL = dict(malignant=24, benign=80)
@@ -71,8 +84,11 @@ def s3(moto_endpoint, monkeypatch):
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Jobs cache images under RATIO_CNN_CACHE: the tests' own folder, never the user's ~/.cache."""
+    """Jobs cache images under RATIO_CNN_CACHE and Prefect keeps its database under PREFECT_HOME: the
+    tests' own folders (one per xdist worker), never the user's ~/.cache or ~/.prefect."""
     os.environ["RATIO_CNN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a new database, two busy cores
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +99,14 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """A test that uses the moto S3 server is slow: a real server over HTTP."""
+    """A test that uses the moto S3 server is slow: a real server over HTTP. The tests on the real Prefect
+    server run on one xdist worker (`--dist loadgroup`), so that the session starts one server, not two."""
     for item in items:
-        if "moto_endpoint" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "moto_endpoint" in fixtures:
             item.add_marker(pytest.mark.slow)
+        if "prefect_server" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("prefect_server"))
 
 
 def one_error_line(result: subprocess.CompletedProcess, *names: str) -> str:
