@@ -14,13 +14,14 @@ import torch
 from prefect_server import serve
 from ratio_cnn.synth import make_synthetic_dataset
 
-# `make test` runs two pytest-xdist workers: each gets its share of the cores for torch, here and in the
-# processes it starts, so that the two never run more threads than there are cores between them.
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 # An xdist worker ignores SIGINT, and a process started with SIGINT ignored never turns Ctrl-C into
 # KeyboardInterrupt: the tests that press Ctrl-C on a job need the worker's children to hear it.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# `make test` runs two pytest-xdist workers: each gets its share of the cores for torch, here and in the
+# processes it starts, so that the two never run more threads than there are cores between them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -83,7 +84,7 @@ def s3(moto_endpoint, monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_cache(tmp_path_factory):
+def private_folders(tmp_path_factory):
     """Jobs cache images under RATIO_CNN_CACHE and Prefect keeps its database under PREFECT_HOME: the
     tests' own folders (one per xdist worker), never the user's ~/.cache or ~/.prefect."""
     os.environ["RATIO_CNN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
